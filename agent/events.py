@@ -1,0 +1,311 @@
+"""Events: join points, the per-call probe that woven code calls, and the fan-out to plugins.
+
+This module owns what happens *at run time* when a woven function is called. It
+does not decide what gets woven (``agent.pointcuts``), nor how code is rewritten
+(``agent.weaving``), nor what plugins do with events (``agent.plugins``).
+
+Theory of operation. Every woven function (a *join point*) gets one
+:class:`Probe`. The weaver bakes the probe's bound methods into the woven code as
+constants, so a call never looks anything up. A probe runs in one of two modes,
+chosen when it is built:
+
+* **timing mode**, when no plugin wants individual events for the join point: the
+  woven code reads ``time.perf_counter_ns()`` at entry and at exit and appends the
+  difference to :attr:`Probe.ok` or :attr:`Probe.failed`. These are plain lists:
+  ``list.append`` is atomic, so there is no lock; a drain thread folds them into
+  statistics (see :meth:`Probe.drain`). This is the cheapest code Python can run
+  for "measure this call".
+* **steps mode**, when some plugin has ``on_start``/``on_step`` receivers for it:
+  the woven code calls :meth:`Probe.enter` and :meth:`Probe.leave` /
+  :meth:`Probe.fail`, which build :class:`StartEvent` and :class:`Step` objects,
+  keep the per-message context (message id and order) and fan them out to the
+  plugins through the :class:`Dispatcher`. Durations still go to the same lists,
+  so timing plugins see every call whatever the mode.
+
+A plugin that raises is logged once and isolated; events produced while a plugin
+runs (a plugin calling woven code) are not emitted again, so a plugin never
+profiles itself.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+log = logging.getLogger(__name__)
+
+STEP_TYPES = ("workflow", "service", "producer", "consumer", "channel", "custom")
+
+_perf_ns = time.perf_counter_ns
+_get_ident = threading.get_ident
+
+
+@dataclass(frozen=True)
+class JoinPoint:
+    """What the pointcut file says about one woven function."""
+
+    aspect: str
+    type: str
+    name: str
+    """Full dotted name: ``module.Qual.name``."""
+    message_id: Optional[str] = None
+    """Dotted path from a parameter name (``message.unique_id``), or ``None``."""
+
+
+@dataclass(frozen=True)
+class StartEvent:
+    """A woven call has started (steps mode only)."""
+
+    joinpoint: JoinPoint
+    message_id: Optional[str]
+    start_ns: int
+    """Wall-clock start, ns since the epoch."""
+    thread: int
+    order: int
+    """Position of this step within its message (0 for the first), or -1 without a message."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """A completed woven call: Interlok's ProcessStep, in Python."""
+
+    aspect: str
+    type: str
+    name: str
+    message_id: Optional[str]
+    start_ns: int
+    duration_ns: int
+    failed: Optional[str]
+    """Exception type name when the call raised, else ``None``."""
+    thread: int
+    order: int
+
+
+class _MessageContext:
+    """The message a chain of nested steps belongs to, and the next step's order."""
+
+    __slots__ = ("message_id", "next_order")
+
+    def __init__(self, message_id: str) -> None:
+        self.message_id = message_id
+        self.next_order = 0
+
+
+_current_message: contextvars.ContextVar[Optional[_MessageContext]] = contextvars.ContextVar(
+    "twinweave_message", default=None
+)
+_dispatching = threading.local()
+
+
+def in_plugin() -> bool:
+    """True while the current thread runs plugin code (its calls are not profiled)."""
+    return getattr(_dispatching, "active", False)
+
+
+class Dispatcher:
+    """Fans start events and steps out to plugin receivers, isolating failures.
+
+    Receivers are plain callables. One that raises is logged once (with its
+    traceback) and counted in :attr:`errors`; the application never sees it.
+    """
+
+    def __init__(self) -> None:
+        self.errors: Dict[str, int] = {}
+        self._logged: set = set()
+
+    def call(self, owner: str, receiver: Callable[..., Any], *args: Any) -> None:
+        """Run one plugin receiver with recursion guard and isolation."""
+        guard = _dispatching
+        if getattr(guard, "active", False):
+            return
+        guard.active = True
+        try:
+            receiver(*args)
+        except Exception:
+            self.errors[owner] = self.errors.get(owner, 0) + 1
+            if owner not in self._logged:
+                self._logged.add(owner)
+                log.exception(
+                    "plugin %s raised; it is isolated and further errors are only counted", owner
+                )
+        finally:
+            guard.active = False
+
+
+_Receiver = Tuple[str, Callable[[Any], None]]
+
+
+def _resolve_path(root: Any, path: Sequence[str]) -> Any:
+    """Follow attribute (or mapping key) names from a parameter value; never evaluates code."""
+    value = root
+    for part in path:
+        if isinstance(value, dict):
+            value = value[part]
+        else:
+            value = getattr(value, part)
+    return value
+
+
+class Probe:
+    """The run-time side of one join point; woven code calls it (see the module docstring).
+
+    ``param`` is the name of the parameter the message id starts from and ``path``
+    the attribute names after it; the weaver passes that parameter's value to
+    :meth:`enter`.
+    """
+
+    __slots__ = (
+        "joinpoint",
+        "ok",
+        "failed",
+        "ok_append",
+        "failed_append",
+        "param",
+        "path",
+        "dispatcher",
+        "start_receivers",
+        "step_receivers",
+        "_bad_message_id",
+    )
+
+    def __init__(
+        self,
+        joinpoint: JoinPoint,
+        dispatcher: Optional[Dispatcher] = None,
+        start_receivers: Sequence[_Receiver] = (),
+        step_receivers: Sequence[_Receiver] = (),
+    ) -> None:
+        self.joinpoint = joinpoint
+        self.ok: List[int] = []
+        self.failed: List[int] = []
+        self.ok_append = self.ok.append
+        self.failed_append = self.failed.append
+        parts = joinpoint.message_id.split(".") if joinpoint.message_id else []
+        self.param: Optional[str] = parts[0] if parts else None
+        self.path: Tuple[str, ...] = tuple(parts[1:])
+        self.dispatcher = dispatcher or Dispatcher()
+        self.start_receivers = tuple(start_receivers)
+        self.step_receivers = tuple(step_receivers)
+        self._bad_message_id = False
+
+    @property
+    def steps_mode(self) -> bool:
+        """Whether woven code must call :meth:`enter`/:meth:`leave` (else timing mode)."""
+        return bool(self.start_receivers or self.step_receivers)
+
+    def __repr__(self) -> str:
+        return f"<Probe {self.joinpoint.name} ({self.joinpoint.aspect})>"
+
+    # -- steps mode: called by woven code -------------------------------------------------
+
+    def enter(self, arg: Any = None) -> Any:
+        """Start a call; returns the token that :meth:`leave`/:meth:`fail` receive."""
+        if getattr(_dispatching, "active", False):
+            return None
+        t0 = _perf_ns()
+        message_id = self._message_id(arg) if self.param is not None else None
+        outer = _current_message.get()
+        ctx = outer
+        if message_id is not None and (outer is None or outer.message_id != message_id):
+            ctx = _MessageContext(message_id)
+            _current_message.set(ctx)
+        if ctx is not None:
+            order = ctx.next_order
+            ctx.next_order = order + 1
+            message_id = ctx.message_id
+        else:
+            order = -1
+        thread = _get_ident()
+        if self.start_receivers:
+            event = StartEvent(self.joinpoint, message_id, t0 + _WALL_OFFSET, thread, order)
+            for owner, receiver in self.start_receivers:
+                self.dispatcher.call(owner, receiver, event)
+        return (t0, message_id, order, thread, outer, ctx)
+
+    def leave(self, token: Any) -> None:
+        """A call started by :meth:`enter` returned normally."""
+        if token is not None:
+            self._finish(token, None)
+
+    def fail(self, token: Any, exc: Optional[BaseException] = None) -> None:
+        """A call started by :meth:`enter` raised ``exc`` (default: the one being handled)."""
+        if token is not None:
+            self._finish(token, exc if exc is not None else sys.exc_info()[1])
+
+    # -- timing mode: the normal exit is ``ok_append(perf_counter_ns() - t0)`` inline ---------
+
+    def fail_timed(self, t0: int, exc: Optional[BaseException] = None) -> None:
+        """A timed call raised ``exc`` (default: the one being handled).
+
+        ``GeneratorExit`` is how a generator is closed early, not a failure.
+        """
+        duration = _perf_ns() - t0
+        if exc is None:
+            exc = sys.exc_info()[1]
+        (self.ok_append if isinstance(exc, GeneratorExit) else self.failed_append)(duration)
+
+    def _finish(self, token: Any, exc: Optional[BaseException]) -> None:
+        t0, message_id, order, thread, outer, ctx = token
+        duration = _perf_ns() - t0
+        failed = None if exc is None or isinstance(exc, GeneratorExit) else type(exc).__name__
+        (self.ok_append if failed is None else self.failed_append)(duration)
+        if ctx is not outer:
+            _current_message.set(outer)
+        if self.step_receivers:
+            jp = self.joinpoint
+            step = Step(
+                jp.aspect,
+                jp.type,
+                jp.name,
+                message_id,
+                t0 + _WALL_OFFSET,
+                duration,
+                failed,
+                thread,
+                order,
+            )
+            for owner, receiver in self.step_receivers:
+                self.dispatcher.call(owner, receiver, step)
+
+    def _message_id(self, arg: Any) -> Optional[str]:
+        try:
+            value = _resolve_path(arg, self.path)
+        except Exception as exc:
+            if not self._bad_message_id:
+                self._bad_message_id = True
+                log.warning(
+                    "aspect %s: message-id %r not found on a call of %s (%s); steps get no message id",
+                    self.joinpoint.aspect,
+                    self.joinpoint.message_id,
+                    self.joinpoint.name,
+                    exc,
+                )
+            return None
+        return None if value is None else str(value)
+
+    # -- both modes ---------------------------------------------------------------------
+
+    def drain(self) -> Tuple[List[int], List[int]]:
+        """Take the durations recorded so far (ok, failed); safe while calls go on.
+
+        Copy-then-delete of a prefix: both are single atomic list operations, and
+        concurrent appends only ever land after the prefix.
+        """
+        ok, failed = self.ok, self.failed
+        taken_ok = ok[:]
+        del ok[: len(taken_ok)]
+        taken_failed = failed[:]
+        del failed[: len(taken_failed)]
+        return taken_ok, taken_failed
+
+
+def _wall_offset() -> int:
+    return time.time_ns() - _perf_ns()
+
+
+_WALL_OFFSET = _wall_offset()

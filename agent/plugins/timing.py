@@ -1,0 +1,263 @@
+"""The built-in ``timing`` plugin: per-component statistics and the JSON report.
+
+This module owns the statistics of each component (one aspect's join point:
+count, failed, total, min, mean, p50, p99, max, in ns) and writing them at stop as
+the report of DESIGN.md, atomically. It does not collect durations (woven code and
+``agent.events.Probe`` do), schedule drains (``agent.drain``) or render tables
+(``agent.report``, whose :func:`~agent.report.format_table` it reuses when there
+is no report file and the table goes to the log).
+
+Accuracy. ``count``, ``failed``, ``total_ns``, ``min_ns``, ``max_ns`` are exact and
+``mean_ns`` is ``total_ns / count`` rounded. ``p50_ns`` and ``p99_ns`` are
+nearest-rank percentiles estimated from a log-linear histogram with
+``2**MANTISSA_BITS`` = 64 buckets per power of two (a bucket is the bit length of
+a duration plus its 7 leading bits):
+
+* while every duration of a batch is kept (at most ``SAMPLE_LIMIT`` = 2048 ok and
+  2048 failed durations per drain, that is below about 4,000 calls per 0.5 s for a
+  join point), the estimate is within 1/128 (0.8 %) of the true percentile, and
+  exact below 128 ns;
+* a bigger batch (a hot function can deliver 500k durations per drain) is
+  represented by ``SAMPLE_LIMIT`` evenly spaced durations, each weighted
+  ``n / kept``, so the Python work per drain stays bounded whatever the call
+  rate. That adds sampling error: the rank of the estimate is off by about
+  ``sqrt(q * (1 - q) / 2048)`` per batch (1.1 % of the calls at p50, 0.2 % at p99),
+  which averages out over batches, unless the durations follow a pattern whose
+  period matches the sampling stride.
+
+Options (attributes of ``<plugin name="timing" .../>``): ``report``, the JSON file
+to write at stop. It wins over ``--report FILE``; without either, the table is
+logged at INFO. A relative path is taken from the working directory at start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from agent.events import JoinPoint
+from agent.plugins import AgentContext, Plugin
+from agent.report import format_table
+
+log = logging.getLogger(__name__)
+
+MANTISSA_BITS = 6
+"""Buckets per power of two are ``2**MANTISSA_BITS``: relative bucket width 1/64."""
+SAMPLE_LIMIT = 2048
+"""Most durations of one list (ok or failed) of one batch that go into the histogram."""
+
+_LINEAR = 1 << (MANTISSA_BITS + 1)  # below this, one bucket per nanosecond
+
+
+def bucket_of(duration_ns: int) -> int:
+    """Histogram bucket of a duration (``>= 0``); buckets are ordered like durations."""
+    shift = duration_ns.bit_length() - MANTISSA_BITS - 1
+    if shift <= 0:
+        return duration_ns
+    return (shift << MANTISSA_BITS) + (duration_ns >> shift)
+
+
+def bucket_bounds(bucket: int) -> tuple[int, int]:
+    """The smallest and largest duration that fall in ``bucket`` (inclusive)."""
+    if bucket < _LINEAR:
+        return bucket, bucket
+    shift = (bucket >> MANTISSA_BITS) - 1
+    mantissa = bucket - (shift << MANTISSA_BITS)
+    return mantissa << shift, ((mantissa + 1) << shift) - 1
+
+
+def sample(durations: Sequence[int], limit: int = SAMPLE_LIMIT) -> tuple[Sequence[int], float]:
+    """At most ``limit`` evenly spaced durations, and the weight each one stands for."""
+    count = len(durations)
+    if count <= limit:
+        return durations, 1.0
+    stride = -(-count // limit)  # ceil: a C-level slice keeps count / stride <= limit items
+    kept = durations[::stride]
+    return kept, count / len(kept)
+
+
+class Histogram:
+    """Log-linear histogram of durations with float weights (see the module docstring)."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: dict[int, float] = {}
+
+    def add(self, durations: Sequence[int]) -> None:
+        """Count a batch; costs at most ``SAMPLE_LIMIT`` Python-level steps."""
+        kept, weight = sample(durations)
+        counts = self.counts
+        get = counts.get
+        for duration in kept:  # bucket_of() inlined: a call per sample would double the cost
+            shift = duration.bit_length() - MANTISSA_BITS - 1
+            bucket = (shift << MANTISSA_BITS) + (duration >> shift) if shift > 0 else duration
+            counts[bucket] = get(bucket, 0.0) + weight
+
+    def percentiles(self, quantiles: Sequence[float], low: int, high: int) -> list[int]:
+        """Nearest-rank estimates for ``quantiles`` (ascending, in 0..1), within ``[low, high]``.
+
+        ``low``/``high`` are the exact minimum and maximum, which bound the estimate.
+        """
+        buckets = sorted(self.counts.items())
+        if not buckets:
+            return [low for _ in quantiles]
+        total = sum(weight for _, weight in buckets)
+        results: list[int] = []
+        cumulative = 0.0
+        position = 0
+        for quantile in quantiles:
+            # The tolerance absorbs float rounding of q * n (0.29 * 100 = 28.999...).
+            target = quantile * total - 1e-9 * total
+            while position < len(buckets) - 1 and cumulative + buckets[position][1] < target:
+                cumulative += buckets[position][1]
+                position += 1
+            first, last = bucket_bounds(buckets[position][0])
+            first, last = max(first, low), min(last, high)
+            results.append(first + (last - first) // 2)
+        return results
+
+
+class ComponentStats:
+    """Statistics of one component (an aspect's join point); not thread-safe on its own."""
+
+    __slots__ = (
+        "aspect",
+        "count",
+        "failed",
+        "histogram",
+        "max_ns",
+        "min_ns",
+        "name",
+        "total_ns",
+        "type",
+    )
+
+    def __init__(self, joinpoint: JoinPoint) -> None:
+        self.aspect = joinpoint.aspect
+        self.type = joinpoint.type
+        self.name = joinpoint.name
+        self.count = 0
+        self.failed = 0
+        self.total_ns = 0
+        self.min_ns = 0
+        self.max_ns = 0
+        self.histogram = Histogram()
+
+    def add(self, ok: Sequence[int], failed: Sequence[int]) -> None:
+        """Fold in a batch: exact fields with C-level builtins, percentiles by sampling."""
+        for durations, is_failed in ((ok, False), (failed, True)):
+            if not durations:
+                continue
+            low, high = min(durations), max(durations)
+            if self.count:
+                self.min_ns = min(self.min_ns, low)
+                self.max_ns = max(self.max_ns, high)
+            else:
+                self.min_ns, self.max_ns = low, high
+            self.count += len(durations)
+            if is_failed:
+                self.failed += len(durations)
+            self.total_ns += sum(durations)
+            self.histogram.add(durations)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The component as the report's JSON object (ns fields are integers)."""
+        p50, p99 = self.histogram.percentiles((0.5, 0.99), self.min_ns, self.max_ns)
+        return {
+            "aspect": self.aspect,
+            "type": self.type,
+            "name": self.name,
+            "count": self.count,
+            "failed": self.failed,
+            "total_ns": self.total_ns,
+            "min_ns": self.min_ns,
+            "mean_ns": (self.total_ns + self.count // 2) // self.count,
+            "p50_ns": p50,
+            "p99_ns": p99,
+            "max_ns": self.max_ns,
+        }
+
+
+def write_report(report: dict[str, Any], path: str) -> None:
+    """Write ``report`` as JSON to ``path`` atomically: a temporary file, then ``os.replace``.
+
+    Readers see the old file or the new one, never half of one. Raises ``OSError``.
+    """
+    folder, base = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{base}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(temporary, "x", encoding="utf-8") as stream:
+            json.dump(report, stream, indent=2)
+            stream.write("\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+class TimingPlugin(Plugin):
+    """Per-component timing statistics, written as a JSON report (or logged) at stop."""
+
+    name = "timing"
+
+    def __init__(self, report: str | None = None) -> None:
+        self.report = report or None
+        self.path: str | None = None
+        """Where :meth:`stop` writes the report, decided at :meth:`start`."""
+        self._python = platform.python_version()
+        self._backend = "unknown"
+        self._components: dict[tuple[str, str], ComponentStats] = {}
+        self._lock = threading.Lock()
+
+    def start(self, context: AgentContext) -> None:
+        self._python = context.python
+        self._backend = context.backend
+        chosen = self.report or context.report
+        self.path = os.path.abspath(chosen) if chosen else None
+
+    def on_timings(self, joinpoint: JoinPoint, ok: list[int], failed: list[int]) -> None:
+        key = (joinpoint.aspect, joinpoint.name)
+        with self._lock:
+            stats = self._components.get(key)
+            if stats is None:
+                stats = self._components[key] = ComponentStats(joinpoint)
+            stats.add(ok, failed)
+
+    def build_report(self) -> dict[str, Any]:
+        """The report so far, components by ``total_ns`` descending."""
+        with self._lock:
+            components = [stats.as_dict() for stats in self._components.values() if stats.count]
+        components.sort(key=lambda c: (-c["total_ns"], c["name"], c["aspect"]))
+        return {"python": self._python, "backend": self._backend, "components": components}
+
+    def stop(self) -> None:
+        """Write the report to :attr:`path`, or log it as a table; never raises."""
+        report = self.build_report()
+        if self.path is None:
+            log.info("twinweave timing report (no report file set):\n%s", format_table(report))
+            return
+        try:
+            write_report(report, self.path)
+        except Exception as exc:
+            log.error(
+                "twinweave timing: could not write the report to %s (%s: %s); check that "
+                "the folder exists and is writable. The report was:\n%s",
+                self.path,
+                type(exc).__name__,
+                exc,
+                format_table(report),
+            )
+        else:
+            log.info("twinweave timing: report written to %s", self.path)

@@ -1,0 +1,228 @@
+"""The bytecode backend: rewrite code objects so that each call reports to its probe.
+
+Owns the transformation of one code object (:func:`weave_code`) and the walk over
+a tree of nested code objects with their qualified names (:func:`weave_tree`).
+It does not decide which functions match (the resolver passed in does), nor load
+modules (``agent.importer``), nor know what plugins do (``agent.events``).
+
+A woven function runs, in effect::
+
+    token = <entry>                 # perf_counter_ns() or probe.enter(param)
+    try:
+        <original body>             # every `return v` records a normal exit first
+    except BaseException:
+        <record failure>; raise     # same exception, same traceback
+
+where the token lives on the value stack, not in a local (see ``templates``).
+Generators and coroutines start timing at their first resume (after the
+prologue that creates the generator object) and stop when they return, raise
+or are closed. Nothing about the code object changes but ``co_code``, its
+tables, ``co_stacksize`` and ``co_consts``: names, flags, argument counts,
+varnames, first line and each original instruction's line stay as they were.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import CodeType
+from typing import Callable, List, Optional, Sequence
+
+from bytecode import Bytecode, Instr, Label
+
+from agent.events import Probe
+from agent.weaving import env, templates
+
+if env.EXCEPTION_TABLE:
+    from bytecode import TryBegin, TryEnd
+else:  # pragma: no cover - names only used on 3.11+
+    TryBegin = TryEnd = ()
+
+log = logging.getLogger(__name__)
+
+CO_OPTIMIZED = 0x0001
+CO_VARARGS = 0x0004
+CO_VARKEYWORDS = 0x0008
+
+Resolver = Callable[[CodeType, str], Optional[Probe]]
+"""Given a function's code object and its ``__qualname__``, the probe to weave in, or None."""
+Apply = Callable[[CodeType, Probe], CodeType]
+"""What a backend does to a matched function's code: returns the code to run."""
+
+_BLOCK_SETUPS = ("SETUP_FINALLY", "SETUP_WITH", "SETUP_ASYNC_WITH")
+
+
+class WeaveError(RuntimeError):
+    """A code object could not be woven; the function is left as it was."""
+
+
+def parameters(code: CodeType) -> Sequence[str]:
+    """The parameter names of a function's code object, in order."""
+    count = code.co_argcount + code.co_kwonlyargcount
+    count += bool(code.co_flags & CO_VARARGS) + bool(code.co_flags & CO_VARKEYWORDS)
+    return code.co_varnames[:count]
+
+
+def is_join_point(code: CodeType) -> bool:
+    """Functions, methods and lambdas; not modules, class bodies or comprehensions."""
+    if not code.co_flags & CO_OPTIMIZED:
+        return False
+    name = code.co_name
+    return not name.startswith("<") or name == "<lambda>"
+
+
+def is_woven(code: CodeType) -> bool:
+    """Whether ``code`` already reports to a probe (so it is never woven twice)."""
+    return any(isinstance(getattr(c, "__self__", None), Probe) for c in code.co_consts)
+
+
+def probe_of(code: CodeType) -> Optional[Probe]:
+    """The probe woven into ``code``, if any."""
+    for const in code.co_consts:
+        owner = getattr(const, "__self__", None)
+        if isinstance(owner, Probe):
+            return owner
+    return None
+
+
+def _child_qualname(parent: CodeType, parent_qualname: str, child: CodeType) -> str:
+    if env.HAS_CO_QUALNAME:
+        return child.co_qualname  # type: ignore[attr-defined]
+    if parent.co_name == "<module>" and not parent_qualname:
+        return child.co_name
+    if parent.co_flags & CO_OPTIMIZED:  # a function's locals
+        return f"{parent_qualname}.<locals>.{child.co_name}"
+    return f"{parent_qualname}.{child.co_name}"  # a class body
+
+
+def weave_tree(
+    code: CodeType, qualname: str, resolver: Resolver, apply: Optional[Apply] = None
+) -> CodeType:
+    """Weave ``code`` (named ``qualname``; ``""`` for a module) and every code nested in it.
+
+    ``apply`` is the backend's step for one matched function (default: this
+    module's :func:`weave_code`; the monitoring backend registers the code
+    instead and returns it unchanged). Returns ``code`` itself when nothing in
+    the tree changed, so unmatched modules and functions keep their code objects.
+    """
+    apply = apply or weave_code
+    consts = code.co_consts
+    new_consts = None
+    for index, const in enumerate(consts):
+        if isinstance(const, CodeType):
+            child = weave_tree(const, _child_qualname(code, qualname, const), resolver, apply)
+            if child is not const:
+                if new_consts is None:
+                    new_consts = list(consts)
+                new_consts[index] = child
+    if new_consts is not None:
+        code = code.replace(co_consts=tuple(new_consts))
+    if is_join_point(code) and not is_woven(code):
+        probe = resolver(code, qualname)
+        if probe is not None:
+            try:
+                code = apply(code, probe)
+            except WeaveError as exc:
+                log.warning("not weaving %s: %s", qualname, exc)
+    return code
+
+
+def _body_start(items: List[object]) -> int:
+    """Index of the first element of the function's own code, after its prologue."""
+    for index, item in enumerate(items):
+        if isinstance(item, Instr):
+            if env.HAS_RESUME:
+                if item.name == "RESUME":
+                    return index + 1
+            elif env.HAS_GEN_START and item.name == "GEN_START":
+                return index + 1
+            else:
+                return 0
+    return 0
+
+
+def _param_loader(code: CodeType, probe: Probe) -> List[Instr]:
+    name = probe.param
+    if name is not None and name not in parameters(code):
+        log.warning(
+            "aspect %s: %s has no parameter %r for message-id %r; its steps get no message id",
+            probe.joinpoint.aspect,
+            probe.joinpoint.name,
+            name,
+            probe.joinpoint.message_id,
+        )
+        name = None
+    return templates.load_param(name, name in code.co_cellvars)
+
+
+def weave_code(code: CodeType, probe: Probe) -> CodeType:
+    """Return a copy of the function code ``code`` that reports each call to ``probe``."""
+    env.check_supported()
+    try:
+        bc = Bytecode.from_code(code)
+    except Exception as exc:  # the library refuses code it cannot represent
+        raise WeaveError(f"cannot decode the bytecode: {exc}") from exc
+    items: List[object] = list(bc)
+    if not env.EXCEPTION_TABLE:
+        setups = sum(1 for i in items if isinstance(i, Instr) and i.name in _BLOCK_SETUPS)
+        if setups + 1 > env.MAX_BLOCKS:
+            raise WeaveError("too many nested blocks for one more")
+    start = _body_start(items)
+    handler = Label()
+    out: List[object] = items[:start]
+    prologue = templates.entry(probe, _param_loader(code, probe))
+    if not env.EXCEPTION_TABLE:
+        prologue += templates.open_block(handler)
+    if not env.NO_LOCATION:  # 3.9: part of the first line, so it starts no line of its own
+        first = next((i for i in items[start:] if isinstance(i, Instr)), None)
+        if first is not None:
+            templates.located(prologue, first)
+    out += prologue
+    # Inside one of the function's own exception-table ranges? (3.12 wraps a
+    # generator's whole body, prologue included, in one: PEP 479's StopIteration check.)
+    covered = False
+    for item in items[:start]:
+        if env.EXCEPTION_TABLE and isinstance(item, (TryBegin, TryEnd)):
+            covered = isinstance(item, TryBegin)
+    ours = None  # our open catch-all range, 3.11+
+
+    def close() -> None:
+        nonlocal ours
+        if ours is not None:
+            out.append(TryEnd(ours))
+            ours = None
+
+    for item in items[start:]:
+        if env.EXCEPTION_TABLE and isinstance(item, (TryBegin, TryEnd)):
+            close()
+            covered = isinstance(item, TryBegin)
+            out.append(item)
+            continue
+        if isinstance(item, Instr):
+            if item.name in ("RETURN_VALUE", "RETURN_CONST"):
+                close()
+                if item.name == "RETURN_CONST":
+                    out.append(Instr("LOAD_CONST", item.arg, location=item.location))
+                    item = Instr("RETURN_VALUE", location=item.location)
+                out += templates.located(templates.before_return(probe), item)
+                out.append(item)
+                continue
+            if item.name == "YIELD_VALUE" and env.YIELD_VALUE_DEPTH and item.arg == 1:
+                item = Instr("YIELD_VALUE", 2, location=item.location)
+            elif item.name == "RESUME" and item.arg & env.RESUME_DEPTH1_MASK:
+                item = Instr("RESUME", item.arg & ~env.RESUME_DEPTH1_MASK, location=item.location)
+            if env.EXCEPTION_TABLE and not covered and ours is None:
+                ours = TryBegin(handler, push_lasti=True)
+                out.append(ours)
+        out.append(item)
+    close()
+    out.append(handler)
+    out += templates.handler(probe)
+    bc.clear()
+    bc.extend(out)
+    try:
+        woven = bc.to_code()
+    except Exception as exc:
+        raise WeaveError(f"cannot assemble the woven bytecode: {exc}") from exc
+    if woven.co_flags != code.co_flags:
+        woven = woven.replace(co_flags=code.co_flags)
+    return woven

@@ -1,0 +1,160 @@
+"""The instructions the bytecode weaver inserts, one small template per CPython family.
+
+Owns the exact opcodes; ``rewrite`` decides where they go. Every woven function
+keeps a *token* at the bottom of its value stack for the whole call: the start
+time in timing mode, :meth:`Probe.enter`'s result in steps mode. Keeping it on
+the stack rather than in a new local variable leaves ``co_varnames``,
+``locals()``, ``frame.f_locals`` and argument-less ``super()`` exactly as they
+were.
+
+Three templates per interpreter family:
+
+* ``entry``: push the token (``perf_counter_ns()`` or ``probe.enter(param)``);
+* ``before_return``: with ``[token, value]`` on the stack, record a normal exit
+  and leave ``[value]`` for ``RETURN_VALUE``;
+* ``handler``: the catch-all handler around the body, which records the failure
+  and re-raises the exception untouched (same traceback, no extra entry).
+
+The handler differs most. With an exception table (3.11+) the handler starts with
+``[token, lasti, exc]`` and ends in ``RERAISE 1``, which restores the frame's
+line to where the exception came from. With blocks (3.9, 3.10) it starts with
+``[token, 3 saved exc_info values, tb, value, type]``; the exception is also the
+"current" one there, so the template drops the triple, rotates the token up,
+hands it to the probe and re-raises with a bare ``raise``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, List, Optional
+
+from bytecode import CellVar, Instr, Label
+
+from agent.events import Probe
+from agent.weaving import env
+
+if env.NO_LOCATION:
+    from bytecode.instr import InstrLocation
+
+    _NOWHERE: Any = {"location": InstrLocation(None, None, None, None)}
+else:
+    # 3.9: an unset line inherits the previous instruction's, so inserted code
+    # never starts a line of its own and fires no extra line events.
+    _NOWHERE = {}
+
+_NB_SUBTRACT = 10  # BINARY_OP's argument for "-" (3.11+)
+Clock = Callable[[], int]
+_clock: Clock = time.perf_counter_ns
+
+
+_NO_ARG = object()
+
+
+def _i(name: str, arg: Any = _NO_ARG) -> Instr:
+    if arg is _NO_ARG:
+        return Instr(name, **_NOWHERE)
+    return Instr(name, arg, **_NOWHERE)
+
+
+def located(instrs: List[Instr], at: Instr) -> List[Instr]:
+    """Give inserted code the line of ``at``, the original instruction it runs just before.
+
+    Used for the epilogue of a return: inside one line, code with no line would
+    split it and make tracers see that line start twice.
+    """
+    for instr in instrs:
+        instr.location = at.location
+    return instrs
+
+
+def _push(fn: Any) -> List[Instr]:
+    """Push a constant callable the way this interpreter's CALL wants it."""
+    if env.NULL_BEFORE_CALLABLE:
+        return [_i("PUSH_NULL"), _i("LOAD_CONST", fn)]
+    if env.NULL_AFTER_CALLABLE:
+        return [_i("LOAD_CONST", fn), _i("PUSH_NULL")]
+    return [_i("LOAD_CONST", fn)]
+
+
+def _call(nargs: int) -> List[Instr]:
+    if env.CALL_PRECALL:
+        return [_i("PRECALL", nargs), _i("CALL", nargs)]
+    if env.EXCEPTION_TABLE:
+        return [_i("CALL", nargs)]
+    return [_i("CALL_FUNCTION", nargs)]
+
+
+def _subtract() -> Instr:
+    return _i("BINARY_OP", _NB_SUBTRACT) if env.EXCEPTION_TABLE else _i("BINARY_SUBTRACT")
+
+
+def load_param(name: Optional[str], cell: bool) -> List[Instr]:
+    """Push the value of parameter ``name`` (or None when there is no message id)."""
+    if name is None:
+        return [_i("LOAD_CONST", None)]
+    if cell:
+        return [_i("LOAD_DEREF", CellVar(name))]
+    return [_i("LOAD_FAST", name)]
+
+
+def entry(probe: Probe, param: List[Instr]) -> List[Instr]:
+    """Push the token; the caller opens the protected region right after."""
+    if probe.steps_mode:
+        return _push(probe.enter) + param + _call(1)
+    return _push(_clock) + _call(0)
+
+
+def open_block(handler: Label) -> List[Instr]:
+    """3.9/3.10: the block that sends every exception of the body to ``handler``."""
+    return [_i("SETUP_FINALLY", handler)]
+
+
+def before_return(probe: Probe) -> List[Instr]:
+    """``[token, value]`` -> ``[value]``, recording a normal exit."""
+    if env.EXCEPTION_TABLE:
+        if probe.steps_mode:
+            # [tok, v, <leave>] tok is 4 deep (the pushed callable takes two slots)
+            body = _push(probe.leave) + [_i("COPY", 4)] + _call(1)
+        else:
+            # [t0, v, <append>, now]: t0 is 5 deep
+            body = (
+                _push(probe.ok_append)
+                + _push(_clock)
+                + _call(0)
+                + [_i("COPY", 5), _subtract()]
+                + _call(1)
+            )
+        return body + [_i("POP_TOP"), _i("SWAP", 2), _i("POP_TOP")]
+    prologue = [_i("POP_BLOCK"), _i("ROT_TWO")]  # leave our block; [v, token]
+    if probe.steps_mode:
+        body = [_i("LOAD_CONST", probe.leave), _i("ROT_TWO")] + _call(1)
+    else:
+        body = (
+            [_i("LOAD_CONST", _clock)]
+            + _call(0)
+            + [_i("ROT_TWO"), _subtract(), _i("LOAD_CONST", probe.ok_append), _i("ROT_TWO")]
+            + _call(1)
+        )
+    return prologue + body + [_i("POP_TOP")]
+
+
+def handler(probe: Probe) -> List[Instr]:
+    """The catch-all handler: record the failure, re-raise the same exception."""
+    fail = probe.fail if probe.steps_mode else probe.fail_timed
+    if env.EXCEPTION_TABLE:
+        # [tok, lasti, exc, <fail>]: tok is 5 deep, then exc is 4 deep.
+        return (
+            _push(fail)
+            + [_i("COPY", 5), _i("COPY", 4)]
+            + _call(2)
+            + [_i("POP_TOP"), _i("RERAISE", 1)]
+        )
+    # [tok, ptb, pval, ptype, tb, val, exc]: the exception is also sys.exc_info() here.
+    return (
+        [_i("POP_TOP")] * 3
+        + [_i("ROT_FOUR")] * 3  # [ptb, pval, ptype, tok]
+        + [_i("LOAD_CONST", fail), _i("ROT_TWO")]
+        + _call(1)
+        + [_i("POP_TOP"), _i("RAISE_VARARGS", 0)]
+    )
+

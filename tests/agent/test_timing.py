@@ -1,0 +1,282 @@
+"""Tests for the built-in timing plugin (agent.plugins.timing)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.events import JoinPoint
+from agent.plugins import AgentContext, PluginSet, timing
+from agent.plugins.timing import (
+    SAMPLE_LIMIT,
+    ComponentStats,
+    TimingPlugin,
+    bucket_bounds,
+    bucket_of,
+    sample,
+    write_report,
+)
+
+FLOW = JoinPoint("workflows", "workflow", "shop.flows.OrderWorkflow.on_message")
+SERVICE = JoinPoint("services", "service", "shop.services.Pay.do_service")
+CONTEXT = AgentContext(python="3.11.7", backend="bytecode", report=None)
+KEYS = [
+    "aspect",
+    "type",
+    "name",
+    "count",
+    "failed",
+    "total_ns",
+    "min_ns",
+    "mean_ns",
+    "p50_ns",
+    "p99_ns",
+    "max_ns",
+]
+TOLERANCE = 1 / 128
+"""Documented accuracy of p50/p99 while every duration of a batch is kept."""
+
+
+def nearest_rank(values: list[int], quantile: float) -> int:
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(quantile * len(ordered) - 1e-9)) - 1]
+
+
+def batches(values: list[int], size: int) -> list[list[int]]:
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
+# -- histogram buckets ------------------------------------------------------------------
+
+
+@given(st.integers(min_value=0, max_value=2**62))
+def test_bucket_contains_value_and_is_narrow(value: int) -> None:
+    first, last = bucket_bounds(bucket_of(value))
+    assert first <= value <= last
+    assert last - first < max(1, first * TOLERANCE * 2)
+
+
+@given(st.integers(min_value=0, max_value=2**40), st.integers(min_value=0, max_value=2**40))
+def test_buckets_are_ordered_like_values(a: int, b: int) -> None:
+    if a <= b:
+        assert bucket_of(a) <= bucket_of(b)
+
+
+def test_small_durations_have_exact_buckets() -> None:
+    assert [bucket_bounds(bucket_of(v)) for v in (0, 1, 127)] == [(0, 0), (1, 1), (127, 127)]
+    assert bucket_bounds(bucket_of(128)) == (128, 129)
+
+
+# -- exact fields and percentiles -----------------------------------------------------------
+
+
+def test_known_durations_give_exact_fields() -> None:
+    stats = ComponentStats(FLOW)
+    stats.add([300, 100], [])
+    stats.add([200], [1000, 50])
+    row = stats.as_dict()
+    assert list(row) == KEYS
+    assert (row["aspect"], row["type"], row["name"]) == (FLOW.aspect, FLOW.type, FLOW.name)
+    assert row["count"] == 5
+    assert row["failed"] == 2
+    assert row["total_ns"] == 1650
+    assert row["min_ns"] == 50
+    assert row["max_ns"] == 1000
+    assert row["mean_ns"] == 330
+    assert row["p50_ns"] == 200  # below 128 ns buckets are exact; 200 is in [200, 201]
+    assert abs(row["p99_ns"] - 1000) <= 1000 * TOLERANCE
+
+
+def test_percentiles_of_small_values_are_exact() -> None:
+    stats = ComponentStats(FLOW)
+    stats.add(list(range(100, 0, -1)), [])
+    row = stats.as_dict()
+    assert (row["p50_ns"], row["p99_ns"], row["min_ns"], row["max_ns"]) == (50, 99, 1, 100)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.integers(min_value=0, max_value=10**10), min_size=1, max_size=600),
+    st.lists(st.integers(min_value=0, max_value=10**7), max_size=50),
+    st.integers(min_value=1, max_value=200),
+)
+def test_percentiles_within_documented_tolerance(
+    ok: list[int], failed: list[int], batch_size: int
+) -> None:
+    stats = ComponentStats(FLOW)
+    for ok_batch in batches(ok, batch_size):
+        stats.add(ok_batch, [])
+    stats.add([], failed)
+    row = stats.as_dict()
+    everything = ok + failed
+    assert row["count"] == len(everything)
+    assert row["failed"] == len(failed)
+    assert row["total_ns"] == sum(everything)
+    assert row["min_ns"] == min(everything)
+    assert row["max_ns"] == max(everything)
+    for key, quantile in (("p50_ns", 0.5), ("p99_ns", 0.99)):
+        reference = nearest_rank(everything, quantile)
+        assert abs(row[key] - reference) <= reference * TOLERANCE, (key, reference, row[key])
+
+
+def test_sample_is_bounded_and_weights_add_up() -> None:
+    durations = list(range(500_000))
+    kept, weight = sample(durations)
+    assert len(kept) <= SAMPLE_LIMIT
+    assert len(kept) > SAMPLE_LIMIT // 2
+    assert kept[0] == 0 and kept[-1] > 499_000 - 500_000 // SAMPLE_LIMIT
+    assert weight * len(kept) == pytest.approx(500_000)
+    small = [5, 6, 7]
+    assert sample(small) == (small, 1.0)
+
+
+def test_big_batch_keeps_exact_fields_and_bounded_histogram_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A well-mixed, deterministic 500k batch: a permutation-like spread over 1 µs .. 1 ms.
+    durations = [1_000 + (i * 7_919) % 999_983 for i in range(500_000)]
+    kept_sizes: list[int] = []
+    original = timing.sample
+
+    def counting_sample(values: Any, limit: int = SAMPLE_LIMIT) -> Any:
+        kept, weight = original(values, limit)
+        kept_sizes.append(len(kept))
+        return kept, weight
+
+    monkeypatch.setattr(timing, "sample", counting_sample)
+    stats = ComponentStats(FLOW)
+    stats.add(durations, [])
+    stats.add(durations[:1000], [])
+    row = stats.as_dict()
+    everything = durations + durations[:1000]
+    assert row["count"] == 501_000
+    assert row["total_ns"] == sum(everything)
+    assert row["min_ns"] == min(everything) and row["max_ns"] == max(everything)
+    assert max(kept_sizes) <= SAMPLE_LIMIT
+    assert sum(stats.histogram.counts.values()) == pytest.approx(501_000)
+    for key, quantile in (("p50_ns", 0.5), ("p99_ns", 0.99)):
+        reference = nearest_rank(everything, quantile)
+        assert abs(row[key] - reference) <= reference * 0.03, (key, reference, row[key])
+
+
+# -- the plugin and its report ----------------------------------------------------------------
+
+
+def feed(plugin: TimingPlugin) -> None:
+    plugin.on_timings(FLOW, [1_000, 2_000, 3_000], [10_000])
+    plugin.on_timings(SERVICE, [50_000, 70_000], [])
+    plugin.on_timings(FLOW, [4_000], [])
+
+
+def test_report_json_shape(tmp_path: Path) -> None:
+    path = tmp_path / "stats.json"
+    plugin = TimingPlugin(report=str(path))
+    plugin.start(CONTEXT)
+    feed(plugin)
+    plugin.stop()
+    report = json.loads(path.read_text(encoding="utf-8"))
+    assert list(report) == ["python", "backend", "components"]
+    assert (report["python"], report["backend"]) == ("3.11.7", "bytecode")
+    assert [c["name"] for c in report["components"]] == [SERVICE.name, FLOW.name]
+    for component in report["components"]:
+        assert list(component) == KEYS
+        for key in KEYS[3:]:
+            assert type(component[key]) is int
+    flow = report["components"][1]
+    assert (flow["count"], flow["failed"], flow["total_ns"]) == (5, 1, 20_000)
+    assert (flow["min_ns"], flow["max_ns"], flow["mean_ns"]) == (1_000, 10_000, 4_000)
+    assert [p.name for p in tmp_path.iterdir()] == ["stats.json"]  # no temporary left
+
+
+def test_report_option_wins_over_command_line(tmp_path: Path) -> None:
+    option, flag = tmp_path / "option.json", tmp_path / "flag.json"
+    plugin = TimingPlugin(report=str(option))
+    plugin.start(AgentContext("3.9.18", "bytecode", report=str(flag)))
+    assert plugin.path == str(option)
+    fallback = TimingPlugin()
+    fallback.start(AgentContext("3.9.18", "bytecode", report=str(flag)))
+    assert fallback.path == str(flag)
+
+
+def test_relative_report_path_is_taken_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    plugin = TimingPlugin(report="stats.json")
+    plugin.start(CONTEXT)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    feed(plugin)
+    plugin.stop()
+    assert (tmp_path / "stats.json").exists()
+
+
+def test_without_report_path_the_table_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    plugin = TimingPlugin()
+    plugin.start(CONTEXT)
+    feed(plugin)
+    with caplog.at_level(logging.INFO, logger="agent.plugins.timing"):
+        plugin.stop()
+    (record,) = caplog.records
+    assert record.levelno == logging.INFO
+    assert "python 3.11.7, backend bytecode" in record.getMessage()
+    assert SERVICE.name in record.getMessage()
+
+
+def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "stats.json"
+    path.write_text('{"old": true}', encoding="utf-8")
+
+    def half_written(report: Any, stream: Any, **kwargs: Any) -> None:
+        stream.write('{"python": ')
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(timing.json, "dump", half_written)
+    with pytest.raises(OSError, match="No space left"):
+        write_report({"python": "3.11.7", "backend": "x", "components": []}, str(path))
+    assert path.read_text(encoding="utf-8") == '{"old": true}'
+    assert [p.name for p in tmp_path.iterdir()] == ["stats.json"]
+    monkeypatch.undo()
+    write_report({"python": "3.11.7", "backend": "x", "components": []}, str(path))
+    assert json.loads(path.read_text(encoding="utf-8"))["python"] == "3.11.7"
+
+
+def test_write_failure_is_logged_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "missing-folder" / "stats.json"
+    plugin = TimingPlugin(report=str(path))
+    plugin.start(CONTEXT)
+    feed(plugin)
+    with caplog.at_level(logging.ERROR, logger="agent.plugins.timing"):
+        plugin.stop()
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert str(path) in message and "folder exists" in message
+    assert SERVICE.name in message  # the data is not lost: the table is in the log
+    assert not path.parent.exists()
+
+
+def test_end_to_end_through_plugin_set(tmp_path: Path) -> None:
+    path = tmp_path / "stats.json"
+    plugin_set = PluginSet([TimingPlugin()])
+    plugin_set.start(AgentContext("3.13.0", "monitoring", report=str(path)))
+    probe = plugin_set.probe_for(FLOW)
+    assert probe is not None and not probe.steps_mode
+    for duration in range(1, 1001):  # what timing-mode woven code does
+        probe.ok_append(duration)
+    probe.failed_append(5_000)
+    plugin_set.stop()
+    (component,) = json.loads(path.read_text(encoding="utf-8"))["components"]
+    assert (component["count"], component["failed"]) == (1001, 1)
+    assert component["total_ns"] == sum(range(1, 1001)) + 5_000
+    assert abs(component["p50_ns"] - 501) <= 501 * TOLERANCE
+    assert os.listdir(tmp_path) == ["stats.json"]
