@@ -1,4 +1,4 @@
-"""Installs ``twinweave.pth`` at the top of site-packages, so ``-X agent=FILE`` works after pip install.
+"""Installs ``twinweave.pth`` at the top of site-packages, so that ``-X agent=FILE`` works.
 
 Everything else is in pyproject.toml. Package data cannot place a file at the
 top of site-packages, so two commands are extended: ``build_py`` copies the

@@ -1,4 +1,4 @@
-"""``python -m agent.bootstrap``: run a script or module as ``__main__`` with the agent installed first.
+"""``python -m agent.bootstrap``: run a script or module as ``__main__``, agent installed first.
 
 Owns the command line of DESIGN.md and running the user's program the way
 ``python SCRIPT ARGS`` or ``python -m MODULE ARGS`` would (``sys.argv``,
@@ -25,9 +25,10 @@ import os
 import runpy
 import signal
 import sys
+from collections.abc import Sequence
 from importlib.machinery import SourceFileLoader
 from types import CodeType, ModuleType, TracebackType
-from typing import List, NoReturn, Optional, Sequence
+from typing import NoReturn
 
 from agent import runtime
 from agent.pointcuts import AgentConfig, PointcutError, load
@@ -49,7 +50,7 @@ def configure_logging(verbose: bool) -> None:
         logger.addHandler(handler)
 
 
-def _user_traceback(tb: Optional[TracebackType]) -> Optional[TracebackType]:
+def _user_traceback(tb: TracebackType | None) -> TracebackType | None:
     """Drop the bootstrap's and runpy's frames from the top of a traceback."""
     while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) in _OUR_FILES:
         tb = tb.tb_next
@@ -85,7 +86,7 @@ def main_module(path: str) -> ModuleType:
     return module
 
 
-def compile_script(path: str, agent: Optional[runtime.Agent]) -> CodeType:
+def compile_script(path: str, agent: runtime.Agent | None) -> CodeType:
     """Compile the script (honouring its coding cookie) and weave it."""
     with io.open_code(path) as handle:
         source = handle.read()
@@ -96,11 +97,11 @@ def compile_script(path: str, agent: Optional[runtime.Agent]) -> CodeType:
     return code
 
 
-def run_script(script: str, args: Sequence[str], agent: Optional[runtime.Agent]) -> None:
+def run_script(script: str, args: Sequence[str], agent: runtime.Agent | None) -> None:
     """Run ``script`` as ``python script args`` would; uncaught exceptions exit like Python."""
     path = os.path.abspath(script)
     sys.argv = [script, *args]
-    if os.path.isdir(path) or not path.endswith((".py", ".pyw")) and _is_zip(path):
+    if os.path.isdir(path) or (not path.endswith((".py", ".pyw")) and _is_zip(path)):
         # A directory or zip with __main__.py: runpy imports it, and the import hook weaves it.
         sys.path.insert(0, path)
         try:
@@ -175,7 +176,9 @@ def parser() -> argparse.ArgumentParser:
         default="auto",
         help="how calls are observed: bytecode rewriting or sys.monitoring (3.12+); auto = fastest",
     )
-    p.add_argument("--report", metavar="FILE", help="where the timing plugin writes its JSON report")
+    p.add_argument(
+        "--report", metavar="FILE", help="where the timing plugin writes its JSON report"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log what is woven")
     p.add_argument("-m", dest="module", metavar="MODULE", help="run a module as a script")
     p.add_argument("target", nargs=argparse.REMAINDER, help="SCRIPT [ARGS...] (or ARGS with -m)")
@@ -187,7 +190,7 @@ def _fail(message: str) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
-def load_config(path: Optional[str]) -> Optional[AgentConfig]:
+def load_config(path: str | None) -> AgentConfig | None:
     """The pointcut file named by ``--pointcuts`` or ``$AGENT_POINTCUTS``; errors stop here."""
     path = path or os.environ.get("AGENT_POINTCUTS")
     if not path:
@@ -198,7 +201,7 @@ def load_config(path: Optional[str]) -> Optional[AgentConfig]:
         _fail(str(exc))
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     options = parser().parse_args(argv)
     if options.module is None and not options.target:
         parser().error("give a SCRIPT to run, or -m MODULE")

@@ -34,8 +34,9 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class JoinPoint:
     type: str
     name: str
     """Full dotted name: ``module.Qual.name``."""
-    message_id: Optional[str] = None
+    message_id: str | None = None
     """Dotted path from a parameter name (``message.unique_id``), or ``None``."""
 
 
@@ -62,7 +63,7 @@ class StartEvent:
     """A woven call has started (steps mode only)."""
 
     joinpoint: JoinPoint
-    message_id: Optional[str]
+    message_id: str | None
     start_ns: int
     """Wall-clock start, ns since the epoch."""
     thread: int
@@ -77,10 +78,10 @@ class Step:
     aspect: str
     type: str
     name: str
-    message_id: Optional[str]
+    message_id: str | None
     start_ns: int
     duration_ns: int
-    failed: Optional[str]
+    failed: str | None
     """Exception type name when the call raised, else ``None``."""
     thread: int
     order: int
@@ -96,7 +97,7 @@ class _MessageContext:
         self.next_order = 0
 
 
-_current_message: contextvars.ContextVar[Optional[_MessageContext]] = contextvars.ContextVar(
+_current_message: contextvars.ContextVar[_MessageContext | None] = contextvars.ContextVar(
     "twinweave_message", default=None
 )
 _dispatching = threading.local()
@@ -115,7 +116,7 @@ class Dispatcher:
     """
 
     def __init__(self) -> None:
-        self.errors: Dict[str, int] = {}
+        self.errors: dict[str, int] = {}
         self._logged: set = set()
 
     def call(self, owner: str, receiver: Callable[..., Any], *args: Any) -> None:
@@ -137,7 +138,7 @@ class Dispatcher:
             guard.active = False
 
 
-_Receiver = Tuple[str, Callable[[Any], None]]
+_Receiver = tuple[str, Callable[[Any], None]]
 
 
 def _resolve_path(root: Any, path: Sequence[str]) -> Any:
@@ -160,34 +161,34 @@ class Probe:
     """
 
     __slots__ = (
+        "_bad_message_id",
+        "dispatcher",
+        "failed",
+        "failed_append",
         "joinpoint",
         "ok",
-        "failed",
         "ok_append",
-        "failed_append",
         "param",
         "path",
-        "dispatcher",
         "start_receivers",
         "step_receivers",
-        "_bad_message_id",
     )
 
     def __init__(
         self,
         joinpoint: JoinPoint,
-        dispatcher: Optional[Dispatcher] = None,
+        dispatcher: Dispatcher | None = None,
         start_receivers: Sequence[_Receiver] = (),
         step_receivers: Sequence[_Receiver] = (),
     ) -> None:
         self.joinpoint = joinpoint
-        self.ok: List[int] = []
-        self.failed: List[int] = []
+        self.ok: list[int] = []
+        self.failed: list[int] = []
         self.ok_append = self.ok.append
         self.failed_append = self.failed.append
         parts = joinpoint.message_id.split(".") if joinpoint.message_id else []
-        self.param: Optional[str] = parts[0] if parts else None
-        self.path: Tuple[str, ...] = tuple(parts[1:])
+        self.param: str | None = parts[0] if parts else None
+        self.path: tuple[str, ...] = tuple(parts[1:])
         self.dispatcher = dispatcher or Dispatcher()
         self.start_receivers = tuple(start_receivers)
         self.step_receivers = tuple(step_receivers)
@@ -232,14 +233,14 @@ class Probe:
         if token is not None:
             self._finish(token, None)
 
-    def fail(self, token: Any, exc: Optional[BaseException] = None) -> None:
+    def fail(self, token: Any, exc: BaseException | None = None) -> None:
         """A call started by :meth:`enter` raised ``exc`` (default: the one being handled)."""
         if token is not None:
             self._finish(token, exc if exc is not None else sys.exc_info()[1])
 
     # -- timing mode: the normal exit is ``ok_append(perf_counter_ns() - t0)`` inline ---------
 
-    def fail_timed(self, t0: int, exc: Optional[BaseException] = None) -> None:
+    def fail_timed(self, t0: int, exc: BaseException | None = None) -> None:
         """A timed call raised ``exc`` (default: the one being handled).
 
         ``GeneratorExit`` is how a generator is closed early, not a failure.
@@ -249,7 +250,7 @@ class Probe:
             exc = sys.exc_info()[1]
         (self.ok_append if isinstance(exc, GeneratorExit) else self.failed_append)(duration)
 
-    def _finish(self, token: Any, exc: Optional[BaseException]) -> None:
+    def _finish(self, token: Any, exc: BaseException | None) -> None:
         t0, message_id, order, thread, outer, ctx = token
         duration = _perf_ns() - t0
         failed = None if exc is None or isinstance(exc, GeneratorExit) else type(exc).__name__
@@ -272,14 +273,14 @@ class Probe:
             for owner, receiver in self.step_receivers:
                 self.dispatcher.call(owner, receiver, step)
 
-    def _message_id(self, arg: Any) -> Optional[str]:
+    def _message_id(self, arg: Any) -> str | None:
         try:
             value = _resolve_path(arg, self.path)
         except Exception as exc:
             if not self._bad_message_id:
                 self._bad_message_id = True
                 log.warning(
-                    "aspect %s: message-id %r not found on a call of %s (%s); steps get no message id",
+                    "aspect %s: message-id %r not found on a call of %s (%s); no message id",
                     self.joinpoint.aspect,
                     self.joinpoint.message_id,
                     self.joinpoint.name,
@@ -290,7 +291,7 @@ class Probe:
 
     # -- both modes ---------------------------------------------------------------------
 
-    def drain(self) -> Tuple[List[int], List[int]]:
+    def drain(self) -> tuple[list[int], list[int]]:
         """Take the durations recorded so far (ok, failed); safe while calls go on.
 
         Copy-then-delete of a prefix: both are single atomic list operations, and

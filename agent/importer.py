@@ -18,8 +18,9 @@ import importlib.machinery
 import logging
 import sys
 import threading
+from collections.abc import Iterator, Sequence
 from types import CodeType, FunctionType, ModuleType
-from typing import Any, Callable, Iterator, List, Optional, Sequence
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class WeavingFinder:
         self._busy = threading.local()
 
     def find_spec(
-        self, fullname: str, path: Optional[Sequence[str]] = None, target: Optional[ModuleType] = None
+        self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
     ) -> Any:
         if getattr(self._busy, "active", False) or not self._may_match(fullname):
             return None
@@ -66,15 +67,13 @@ class WeavingFinder:
 
 def instrument_loader(loader: Any, weave: WeaveModule) -> bool:
     """Make ``loader`` return woven code; False when it has no code to weave."""
-    if getattr(loader, _MARK, False) or isinstance(
-        loader, importlib.machinery.ExtensionFileLoader
-    ):
+    if getattr(loader, _MARK, False) or isinstance(loader, importlib.machinery.ExtensionFileLoader):
         return False
     original = getattr(loader, "get_code", None)
     if original is None or not hasattr(loader, "exec_module"):
         return False
 
-    def get_code(fullname: str) -> Optional[CodeType]:
+    def get_code(fullname: str) -> CodeType | None:
         code = original(fullname)
         if code is None:
             return None
@@ -120,7 +119,7 @@ def _functions_of(module: ModuleType) -> Iterator[FunctionType]:
     """Functions defined in ``module``: top level, in classes (any depth), behind decorators."""
     name = module.__name__
     seen: set = set()
-    stack: List[Any] = list(vars(module).values())
+    stack: list[Any] = list(vars(module).values())
     while stack:
         obj = stack.pop()
         if id(obj) in seen:

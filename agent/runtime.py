@@ -15,8 +15,8 @@ import atexit
 import logging
 import platform
 import threading
+from collections.abc import Sequence
 from types import CodeType
-from typing import Dict, List, Optional, Sequence, Tuple
 
 from agent import importer
 from agent.events import Dispatcher, JoinPoint, Probe
@@ -47,7 +47,7 @@ class Agent:
         self,
         config: AgentConfig,
         backend: str = "auto",
-        report: Optional[str] = None,
+        report: str | None = None,
         extra_plugins: Sequence[object] = (),
     ) -> None:
         if backend not in BACKENDS:
@@ -65,17 +65,17 @@ class Agent:
         self.report = report
         plugins, self.plugin_errors = build_plugins(config.plugins)
         self.plugins = PluginSet(list(plugins) + list(extra_plugins), Dispatcher())
-        self._probes: Dict[Tuple[str, str], Probe] = {}
-        self._matched: Dict[str, int] = {aspect.name: 0 for aspect in config.aspects}
+        self._probes: dict[tuple[str, str], Probe] = {}
+        self._matched: dict[str, int] = {aspect.name: 0 for aspect in config.aspects}
         self._lock = threading.Lock()
-        self._finder: Optional[importer.WeavingFinder] = None
-        self._monitor: Optional[object] = None
-        self._apply: Optional[Apply] = None  # None: the bytecode backend's weave_code
+        self._finder: importer.WeavingFinder | None = None
+        self._monitor: object | None = None
+        self._apply: Apply | None = None  # None: the bytecode backend's weave_code
         self._stopped = False
 
     # -- matching -------------------------------------------------------------------------
 
-    def probe_for(self, code: CodeType, qualname: str, modules: Sequence[str]) -> Optional[Probe]:
+    def probe_for(self, code: CodeType, qualname: str, modules: Sequence[str]) -> Probe | None:
         """The probe for one function, or None when no aspect (or no plugin) wants it."""
         names = [f"{module}.{qualname}" for module in modules]
         aspects = self.config.match(names, parameters(code))
@@ -158,17 +158,17 @@ class Agent:
                     aspect.pointcut,
                 )
 
-    def joinpoints(self) -> List[JoinPoint]:
+    def joinpoints(self) -> list[JoinPoint]:
         """Every join point woven so far."""
         with self._lock:
             return [probe.joinpoint for probe in self._probes.values()]
 
 
-_agent: Optional[Agent] = None
+_agent: Agent | None = None
 _start_lock = threading.Lock()
 
 
-def current() -> Optional[Agent]:
+def current() -> Agent | None:
     """The running agent of this process, if any."""
     return _agent
 
@@ -176,7 +176,7 @@ def current() -> Optional[Agent]:
 def start(
     config: AgentConfig,
     backend: str = "auto",
-    report: Optional[str] = None,
+    report: str | None = None,
     extra_plugins: Sequence[object] = (),
 ) -> Agent:
     """Start this process's agent, or return the one already running (woven once)."""
@@ -185,7 +185,9 @@ def start(
         if _agent is not None:
             if config.path != _agent.config.path:
                 log.warning(
-                    "an agent with %s is already running; ignoring %s", _agent.config.path, config.path
+                    "an agent with %s is already running; ignoring %s",
+                    _agent.config.path,
+                    config.path,
                 )
             return _agent
         agent = Agent(config, backend, report, extra_plugins)

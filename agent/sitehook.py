@@ -1,4 +1,4 @@
-"""The site hook: ``python -X agent=aop.xml app.py`` (or ``AGENT_POINTCUTS=aop.xml``) starts the agent.
+"""The site hook: ``python -X agent=aop.xml app.py`` or ``AGENT_POINTCUTS=aop.xml`` start the agent.
 
 Owns activation from the ``twinweave.pth`` file that the package installs into
 site-packages. The ``.pth`` line itself only looks at ``sys._xoptions`` and
@@ -22,12 +22,12 @@ import atexit
 import os
 import sys
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 _activated = False
 
 
-def requested() -> Optional[str]:
+def requested() -> str | None:
     """The pointcut file asked for by ``-X agent=FILE`` or ``$AGENT_POINTCUTS``, if any."""
     value: Any = sys._xoptions.get("agent") or os.environ.get("AGENT_POINTCUTS")
     if value is True:
@@ -65,7 +65,7 @@ def finish_process(run: Callable[[], None]) -> None:
     os._exit(status)
 
 
-def _script() -> Optional[str]:
+def _script() -> str | None:
     """The script the interpreter is about to run, if it runs one."""
     if sys.flags.interactive or not sys.argv:
         return None

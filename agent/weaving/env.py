@@ -11,9 +11,8 @@ guessed at: emitting bytecode for an interpreter we have not tested could crash 
 from __future__ import annotations
 
 import sys
-from typing import Tuple
 
-PY: Tuple[int, int] = sys.version_info[:2]
+PY: tuple[int, int] = sys.version_info[:2]
 SUPPORTED = ((3, 9), (3, 10), (3, 11), (3, 12), (3, 13))
 
 

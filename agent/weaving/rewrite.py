@@ -24,8 +24,9 @@ varnames, first line and each original instruction's line stay as they were.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from types import CodeType
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Optional
 
 from bytecode import Bytecode, Instr, Label
 
@@ -75,7 +76,7 @@ def is_woven(code: CodeType) -> bool:
     return any(isinstance(getattr(c, "__self__", None), Probe) for c in code.co_consts)
 
 
-def probe_of(code: CodeType) -> Optional[Probe]:
+def probe_of(code: CodeType) -> Probe | None:
     """The probe woven into ``code``, if any."""
     for const in code.co_consts:
         owner = getattr(const, "__self__", None)
@@ -95,7 +96,7 @@ def _child_qualname(parent: CodeType, parent_qualname: str, child: CodeType) -> 
 
 
 def weave_tree(
-    code: CodeType, qualname: str, resolver: Resolver, apply: Optional[Apply] = None
+    code: CodeType, qualname: str, resolver: Resolver, apply: Apply | None = None
 ) -> CodeType:
     """Weave ``code`` (named ``qualname``; ``""`` for a module) and every code nested in it.
 
@@ -126,7 +127,7 @@ def weave_tree(
     return code
 
 
-def _body_start(items: List[object]) -> int:
+def _body_start(items: list[object]) -> int:
     """Index of the first element of the function's own code, after its prologue."""
     for index, item in enumerate(items):
         if isinstance(item, Instr):
@@ -140,7 +141,7 @@ def _body_start(items: List[object]) -> int:
     return 0
 
 
-def _param_loader(code: CodeType, probe: Probe) -> List[Instr]:
+def _param_loader(code: CodeType, probe: Probe) -> list[Instr]:
     name = probe.param
     if name is not None and name not in parameters(code):
         log.warning(
@@ -161,14 +162,14 @@ def weave_code(code: CodeType, probe: Probe) -> CodeType:
         bc = Bytecode.from_code(code)
     except Exception as exc:  # the library refuses code it cannot represent
         raise WeaveError(f"cannot decode the bytecode: {exc}") from exc
-    items: List[object] = list(bc)
+    items: list[object] = list(bc)
     if not env.EXCEPTION_TABLE:
         setups = sum(1 for i in items if isinstance(i, Instr) and i.name in _BLOCK_SETUPS)
         if setups + 1 > env.MAX_BLOCKS:
             raise WeaveError("too many nested blocks for one more")
     start = _body_start(items)
     handler = Label()
-    out: List[object] = items[:start]
+    out: list[object] = items[:start]
     prologue = templates.entry(probe, _param_loader(code, probe))
     if not env.EXCEPTION_TABLE:
         prologue += templates.open_block(handler)

@@ -26,7 +26,7 @@ hands it to the probe and re-raises with a bare ``raise``.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable
 
 from bytecode import CellVar, Instr, Label
 
@@ -56,7 +56,7 @@ def _i(name: str, arg: Any = _NO_ARG) -> Instr:
     return Instr(name, arg, **_NOWHERE)
 
 
-def located(instrs: List[Instr], at: Instr) -> List[Instr]:
+def located(instrs: list[Instr], at: Instr) -> list[Instr]:
     """Give inserted code the line of ``at``, the original instruction it runs just before.
 
     Used for the epilogue of a return: inside one line, code with no line would
@@ -67,7 +67,7 @@ def located(instrs: List[Instr], at: Instr) -> List[Instr]:
     return instrs
 
 
-def _push(fn: Any) -> List[Instr]:
+def _push(fn: Any) -> list[Instr]:
     """Push a constant callable the way this interpreter's CALL wants it."""
     if env.NULL_BEFORE_CALLABLE:
         return [_i("PUSH_NULL"), _i("LOAD_CONST", fn)]
@@ -76,7 +76,7 @@ def _push(fn: Any) -> List[Instr]:
     return [_i("LOAD_CONST", fn)]
 
 
-def _call(nargs: int) -> List[Instr]:
+def _call(nargs: int) -> list[Instr]:
     if env.CALL_PRECALL:
         return [_i("PRECALL", nargs), _i("CALL", nargs)]
     if env.EXCEPTION_TABLE:
@@ -88,7 +88,7 @@ def _subtract() -> Instr:
     return _i("BINARY_OP", _NB_SUBTRACT) if env.EXCEPTION_TABLE else _i("BINARY_SUBTRACT")
 
 
-def load_param(name: Optional[str], cell: bool) -> List[Instr]:
+def load_param(name: str | None, cell: bool) -> list[Instr]:
     """Push the value of parameter ``name`` (or None when there is no message id)."""
     if name is None:
         return [_i("LOAD_CONST", None)]
@@ -97,19 +97,19 @@ def load_param(name: Optional[str], cell: bool) -> List[Instr]:
     return [_i("LOAD_FAST", name)]
 
 
-def entry(probe: Probe, param: List[Instr]) -> List[Instr]:
+def entry(probe: Probe, param: list[Instr]) -> list[Instr]:
     """Push the token; the caller opens the protected region right after."""
     if probe.steps_mode:
         return _push(probe.enter) + param + _call(1)
     return _push(_clock) + _call(0)
 
 
-def open_block(handler: Label) -> List[Instr]:
+def open_block(handler: Label) -> list[Instr]:
     """3.9/3.10: the block that sends every exception of the body to ``handler``."""
     return [_i("SETUP_FINALLY", handler)]
 
 
-def before_return(probe: Probe) -> List[Instr]:
+def before_return(probe: Probe) -> list[Instr]:
     """``[token, value]`` -> ``[value]``, recording a normal exit."""
     if env.EXCEPTION_TABLE:
         if probe.steps_mode:
@@ -138,7 +138,7 @@ def before_return(probe: Probe) -> List[Instr]:
     return prologue + body + [_i("POP_TOP")]
 
 
-def handler(probe: Probe) -> List[Instr]:
+def handler(probe: Probe) -> list[Instr]:
     """The catch-all handler: record the failure, re-raise the same exception."""
     fail = probe.fail if probe.steps_mode else probe.fail_timed
     if env.EXCEPTION_TABLE:
@@ -157,4 +157,3 @@ def handler(probe: Probe) -> List[Instr]:
         + _call(1)
         + [_i("POP_TOP"), _i("RAISE_VARARGS", 0)]
     )
-

@@ -13,7 +13,7 @@ import threading
 import time
 import traceback
 from types import CodeType, FunctionType
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable
 
 import pytest
 
@@ -26,8 +26,8 @@ def timing_probe(name: str = "f") -> Probe:
     return Probe(JoinPoint("a", "service", name))
 
 
-def steps_probe(name: str = "f", message_id: Optional[str] = None) -> tuple:
-    steps: List[Step] = []
+def steps_probe(name: str = "f", message_id: str | None = None) -> tuple:
+    steps: list[Step] = []
     probe = Probe(
         JoinPoint("a", "workflow", name, message_id), step_receivers=[("test", steps.append)]
     )
@@ -99,8 +99,7 @@ def uses_locals(a, b):
 
 
 def gen(n):
-    for i in range(n):
-        yield i
+    yield from range(n)
     return "done"
 
 
@@ -181,7 +180,7 @@ def on_message(message):
 @pytest.fixture
 def restore():
     """Put back the original code of everything a test weaves."""
-    saved: Dict[FunctionType, CodeType] = {}
+    saved: dict[FunctionType, CodeType] = {}
 
     def keep(*fns: FunctionType) -> None:
         for fn in fns:
@@ -234,7 +233,7 @@ def test_recursion_counts_each_level(restore):
 
 @pytest.mark.parametrize("kind", PROBE_KINDS)
 def test_failure_is_counted_and_traceback_unchanged(restore, kind):
-    def run() -> List[str]:
+    def run() -> list[str]:
         try:
             raises("value")
         except ValueError:
@@ -365,8 +364,8 @@ def test_identity_signature_pickle_inspect(restore):
     assert uses_locals(1, 2) == ["a", "b", "c"]
 
 
-def _line_events(fn: Callable[[], Any]) -> List[tuple]:
-    events: List[tuple] = []
+def _line_events(fn: Callable[[], Any]) -> list[tuple]:
+    events: list[tuple] = []
     code_names = {"with_try", "returns_in_loop", "raises", "gen", "catches_inside"}
 
     def tracer(frame, event, arg):
@@ -445,9 +444,7 @@ def test_message_id_from_a_cell_parameter(restore):
 def test_nested_steps_share_the_message_and_count_order(restore):
     restore(on_message, plain)
     outer_probe, steps = steps_probe("on_message", "message.unique_id")
-    inner_probe = Probe(
-        JoinPoint("b", "service", "plain"), step_receivers=[("test", steps.append)]
-    )
+    inner_probe = Probe(JoinPoint("b", "service", "plain"), step_receivers=[("test", steps.append)])
     weave(plain, inner_probe)
 
     def flow(message):
@@ -483,9 +480,9 @@ def test_weave_tree_names_and_weaves_once():
         """
     )
     module_code = compile(source, "<test>", "exec")
-    seen: List[str] = []
+    seen: list[str] = []
 
-    def resolver(code: CodeType, qualname: str) -> Optional[Probe]:
+    def resolver(code: CodeType, qualname: str) -> Probe | None:
         seen.append(qualname)
         return timing_probe(qualname)
 
@@ -493,7 +490,7 @@ def test_weave_tree_names_and_weaves_once():
     assert sorted(seen) == sorted(
         ["top", "top.<locals>.inner", "K.m", "K.m.<locals>.<lambda>", "K.Nested.deep"]
     )
-    namespace: Dict[str, Any] = {}
+    namespace: dict[str, Any] = {}
     exec(woven, namespace)
     assert namespace["top"](3) == 3
     assert namespace["K"]().m() == 1
