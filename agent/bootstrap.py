@@ -50,16 +50,22 @@ def configure_logging(verbose: bool) -> None:
         logger.addHandler(handler)
 
 
+def _ours(tb: TracebackType) -> bool:
+    filename = tb.tb_frame.f_code.co_filename
+    return filename.startswith("<frozen runpy") or os.path.abspath(filename) in _OUR_FILES
+
+
 def _user_traceback(tb: TracebackType | None) -> TracebackType | None:
     """Drop the bootstrap's and runpy's frames from the top of a traceback."""
-    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) in _OUR_FILES:
+    while tb is not None and _ours(tb):
         tb = tb.tb_next
     return tb
 
 
 def _die_like_python(exc: BaseException) -> NoReturn:
     """Report an uncaught exception as the interpreter would, and exit the same way."""
-    sys.excepthook(type(exc), exc, _user_traceback(exc.__traceback__))
+    tb = _user_traceback(exc.__traceback__)
+    sys.excepthook(type(exc), exc.with_traceback(tb), tb)
     if isinstance(exc, KeyboardInterrupt):
         # CPython re-kills itself with SIGINT so that the parent sees the signal (bpo-1054041).
         atexit._run_exitfuncs()

@@ -65,6 +65,26 @@ def finish_process(run: Callable[[], None]) -> None:
     os._exit(status)
 
 
+def _original_argv() -> list[str]:
+    """The interpreter's own command line (``sys.orig_argv`` from 3.10; /proc on 3.9 Linux)."""
+    orig = getattr(sys, "orig_argv", None)
+    if orig is not None:
+        return list(orig)
+    try:
+        with open("/proc/self/cmdline", "rb") as handle:
+            return [os.fsdecode(a) for a in handle.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _bootstrap_will_run() -> bool:
+    """``python -m agent.bootstrap``: leave the agent to the bootstrap and its options."""
+    if not sys.argv or sys.argv[0] != "-m":
+        return False
+    argv = _original_argv()
+    return any(a == "-m" and b == "agent.bootstrap" for a, b in zip(argv, argv[1:]))
+
+
 def _script() -> str | None:
     """The script the interpreter is about to run, if it runs one."""
     if sys.flags.interactive or not sys.argv:
@@ -81,6 +101,8 @@ def activate() -> None:
     if _activated:
         return
     _activated = True
+    if _bootstrap_will_run():
+        return
     path = requested()
     from agent import bootstrap, runtime
     from agent.pointcuts import PointcutError, load
