@@ -70,7 +70,7 @@ def instrument_loader(loader: Any, weave: WeaveModule) -> bool:
     if getattr(loader, _MARK, False) or isinstance(loader, importlib.machinery.ExtensionFileLoader):
         return False
     original = getattr(loader, "get_code", None)
-    if original is None or not hasattr(loader, "exec_module"):
+    if original is None:
         return False
 
     def get_code(fullname: str) -> CodeType | None:
@@ -82,13 +82,16 @@ def instrument_loader(loader: Any, weave: WeaveModule) -> bool:
     try:
         loader.get_code = get_code
         if not _exec_uses_get_code(loader):
-            # e.g. zipimporter runs its own code lookup: take over exec_module too.
+            # zipimporter runs its own code lookup (3.10+) or has only the legacy
+            # load_module (3.9): take over module execution too.
             def exec_module(module: ModuleType) -> None:
                 code = get_code(module.__name__)
                 if code is None:
                     raise ImportError(f"no code for module {module.__name__}", name=module.__name__)
                 exec(code, module.__dict__)
 
+            if not hasattr(loader, "exec_module"):
+                loader.create_module = lambda spec: None
             loader.exec_module = exec_module
         setattr(loader, _MARK, True)
     except (AttributeError, TypeError):  # a loader with __slots__ or read-only attributes
