@@ -17,6 +17,7 @@ import platform
 import threading
 from collections.abc import Sequence
 from types import CodeType
+from typing import TYPE_CHECKING
 
 from agent import importer
 from agent.events import Dispatcher, JoinPoint, Probe
@@ -24,6 +25,9 @@ from agent.plugins import AgentContext, PluginSet, build_plugins
 from agent.pointcuts import AgentConfig
 from agent.weaving import env
 from agent.weaving.rewrite import Apply, is_join_point, parameters, weave_tree
+
+if TYPE_CHECKING:
+    from agent.weaving.monitoring import MonitoringBackend
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +73,7 @@ class Agent:
         self._matched: dict[str, int] = {aspect.name: 0 for aspect in config.aspects}
         self._lock = threading.Lock()
         self._finder: importer.WeavingFinder | None = None
-        self._monitor: object | None = None
+        self._monitor: MonitoringBackend | None = None
         self._apply: Apply | None = None  # None: the bytecode backend's weave_code
         self._stopped = False
 
@@ -146,9 +150,11 @@ class Agent:
         self._stopped = True
         if self._finder is not None:
             importer.uninstall(self._finder)
-        self.plugins.stop()
         if self._monitor is not None:
-            self._monitor.stop()  # type: ignore[attr-defined]
+            # Before the plugins' final drain: stopping records the generators that
+            # ended without an event (gh-140373), and no event comes after it.
+            self._monitor.stop()
+        self.plugins.stop()
         for aspect in self.config.aspects:
             if not self._matched.get(aspect.name):
                 log.warning(

@@ -1,4 +1,4 @@
-"""ruff lint and format, as part of the test command (DESIGN.md: "ruff ... run by the test command")."""
+"""ruff lint and format, run by the test command as DESIGN.md asks."""
 
 import subprocess
 import sys

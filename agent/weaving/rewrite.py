@@ -128,12 +128,22 @@ def weave_tree(
 
 
 def _body_start(items: list[object]) -> int:
-    """Index of the first element of the function's own code, after its prologue."""
+    """Index where the entry code goes: after the function's prologue.
+
+    From 3.12 a generator's PEP 479 handler (StopIteration -> RuntimeError) covers
+    everything from the end of the generator prologue on, RESUME included, at an
+    empty stack. The token must already be on the stack when that range starts,
+    or the handler would unwind it; so for such code the entry goes just before
+    the range, still after the first resumption's POP_TOP of the sent value.
+    """
+    first_try = None
     for index, item in enumerate(items):
+        if env.EXCEPTION_TABLE and first_try is None and isinstance(item, TryBegin):
+            first_try = index
         if isinstance(item, Instr):
             if env.HAS_RESUME:
                 if item.name == "RESUME":
-                    return index + 1
+                    return index + 1 if first_try is None else first_try
             elif env.HAS_GEN_START and item.name == "GEN_START":
                 return index + 1
             else:
@@ -196,6 +206,12 @@ def weave_code(code: CodeType, probe: Probe) -> CodeType:
         if env.EXCEPTION_TABLE and isinstance(item, (TryBegin, TryEnd)):
             close()
             covered = isinstance(item, TryBegin)
+            if covered:
+                # The token sits under everything the body does, so every handler
+                # unwinds to one more item than the compiler said. (The library's
+                # own depth computation takes the minimum over the range, which a
+                # RETURN_VALUE inside it would drag below the token.)
+                item.stack_depth += 1
             out.append(item)
             continue
         if isinstance(item, Instr):
@@ -212,7 +228,7 @@ def weave_code(code: CodeType, probe: Probe) -> CodeType:
             elif item.name == "RESUME" and item.arg & env.RESUME_DEPTH1_MASK:
                 item = Instr("RESUME", item.arg & ~env.RESUME_DEPTH1_MASK, location=item.location)
             if env.EXCEPTION_TABLE and not covered and ours is None:
-                ours = TryBegin(handler, push_lasti=True)
+                ours = TryBegin(handler, push_lasti=True, stack_depth=1)
                 out.append(ours)
         out.append(item)
     close()
@@ -221,7 +237,10 @@ def weave_code(code: CodeType, probe: Probe) -> CodeType:
     bc.clear()
     bc.extend(out)
     try:
-        woven = bc.to_code()
+        if env.EXCEPTION_TABLE:
+            woven = bc.to_code(compute_exception_stack_depths=False)
+        else:
+            woven = bc.to_code()
     except Exception as exc:
         raise WeaveError(f"cannot assemble the woven bytecode: {exc}") from exc
     if woven.co_flags != code.co_flags:

@@ -116,17 +116,16 @@ def test_pyc_cache_keeps_unwoven_code(package, agent_for, monkeypatch):
     mod = importlib.import_module(f"{package}.mod")
     assert is_woven(mod.helper.__code__)
     cached = importlib.util.cache_from_source(mod.__file__)
+    check = (
+        "import marshal, sys\n"
+        "def helper_of(code):\n"
+        "    return next(c for c in code.co_consts if getattr(c, 'co_name', '') == 'helper')\n"
+        "cached = marshal.loads(open(sys.argv[1], 'rb').read()[16:])\n"
+        "fresh = compile(open(sys.argv[2]).read(), sys.argv[2], 'exec')\n"
+        "print(helper_of(cached).co_code == helper_of(fresh).co_code)\n"
+    )
     probe = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import marshal, sys; code = marshal.loads(open(sys.argv[1], 'rb').read()[16:]); "
-            "helper = [c for c in code.co_consts if getattr(c, 'co_name', '') == 'helper'][0]; "
-            "print(helper.co_code == compile(open(sys.argv[2]).read(), sys.argv[2], 'exec')"
-            ".co_consts[[getattr(c, 'co_name', '') for c in code.co_consts].index('helper')].co_code)",
-            cached,
-            mod.__file__,
-        ],
+        [sys.executable, "-c", check, cached, mod.__file__],
         capture_output=True,
         text=True,
         timeout=60,
@@ -176,7 +175,7 @@ def test_finder_uninstalled_at_stop(package):
 def test_monitoring_backend_refused_before_312():
     if sys.version_info >= (3, 12):
         pytest.skip("sys.monitoring exists on this Python")
-    with pytest.raises(AgentError, match="3.12"):
+    with pytest.raises(AgentError, match=r"3\.12"):
         Agent(config_for("x"), backend="monitoring")
 
 

@@ -521,3 +521,19 @@ def test_functools_wraps_target_woven(restore):
     probe = weave(plain, timing_probe())
     assert wrapped(1) == plain(1)
     assert len(probe.ok) == 2
+
+
+@pytest.mark.parametrize("kind", PROBE_KINDS)
+def test_generator_close_and_throw_keep_the_token(restore, kind):
+    """The token survives the exception paths of generators (3.12+: PEP 479's handler)."""
+    restore(gen)
+    probe = weave(gen, make_probe(kind))
+    g = gen(3)
+    next(g)
+    g.close()
+    g = gen(3)
+    next(g)
+    with pytest.raises(ValueError):
+        g.throw(ValueError("thrown"))
+    assert len(probe.ok) == 1 and len(probe.failed) == 1
+    assert all(0 <= d < 10**10 for d in probe.ok + probe.failed)

@@ -1,0 +1,417 @@
+"""The ``sys.monitoring`` backend (PEP 669, 3.12+): report woven calls without rewriting code.
+
+Owns turning interpreter events for the registered code objects into the same
+probe calls that the bytecode backend (``agent.weaving.rewrite``) compiles into
+woven code, with the same meaning: a call lasts from its start to its return or
+to the exception that leaves it; a generator, coroutine or async generator
+lasts from its first start to its exhaustion, its exception or its close
+(``GeneratorExit`` is a normal exit), time spent suspended included; an
+exception caught inside the function does not end the call. It does not decide
+which functions match (``weave_tree``'s resolver does, then hands each matched
+code object to :meth:`MonitoringBackend.register`), nor what probes do with
+durations (``agent.events``). Importing it is harmless on Python 3.9 to 3.11;
+:meth:`MonitoringBackend.start` says there that it needs 3.12.
+
+Theory of operation. :meth:`~MonitoringBackend.start` claims a free tool id.
+:meth:`~MonitoringBackend.register` enables ``PY_START`` and ``PY_RETURN`` as
+*local* events of one code object, so no other code pays for them.
+``PY_UNWIND`` cannot be local before 3.15 (gh-142186), so it is enabled for
+the whole process and its callback first checks, with one dict lookup, that
+the code is ours. Each start stores a token (the start time, or
+:meth:`Probe.enter`'s result in steps mode) under the running frame, which
+``sys._getframe(1)`` is inside a callback; the end event pops it again. Keying
+by frame pairs every end with its own start across recursion, threads and
+interleaved generators. The frame object itself is the key: holding it while
+the call runs costs nothing, and it keeps the key from being reused by
+another frame.
+
+A generator can end without any event. Up to the fix of gh-140373, closing a
+generator (``close()``, or dropping it) that is suspended at a ``yield``
+outside any ``try`` block runs none of its code, so no ``PY_UNWIND`` comes
+(seen on 3.13.0; 3.12 reports it). :func:`close_is_silent` tests this
+interpreter once. :meth:`~MonitoringBackend.sweep` finds the generator frames
+whose generator finished or is gone and records them as normal exits, so
+their calls are counted and their frames freed. It runs whenever the table of
+running calls doubles and at :meth:`~MonitoringBackend.stop`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import gc
+import logging
+import sys
+import threading
+import time
+import types
+from types import CodeType, FrameType
+from typing import Any, Callable
+
+from agent.events import Probe
+from agent.weaving.rewrite import parameters
+
+log = logging.getLogger(__name__)
+
+TOOL_NAME = "twinweave"
+
+_mon: Any = getattr(sys, "monitoring", None)
+_perf_ns = time.perf_counter_ns
+_getframe = sys._getframe
+
+# Code flags of functions whose calls outlive one frame activation.
+_SUSPENDABLE = 0x0020 | 0x0080 | 0x0200  # CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR
+_FRAME_OF = {
+    types.GeneratorType: "gi_frame",
+    types.CoroutineType: "cr_frame",
+    types.AsyncGeneratorType: "ag_frame",
+}
+_SWEEP_MIN = 256
+"""A generator starting with this many calls running sweeps first (next: twice the survivors)."""
+
+_MISSING = object()
+
+
+class MonitoringUnavailable(RuntimeError):
+    """``sys.monitoring`` cannot be used here; the message says why and what to do instead."""
+
+
+class _Target:
+    """What the callbacks need about one registered code object."""
+
+    __slots__ = ("code", "ok_append", "param", "probe", "steps", "suspendable")
+
+    def __init__(self, code: CodeType, probe: Probe) -> None:
+        self.code = code
+        self.probe = probe
+        self.param = _message_param(code, probe)
+        self.steps = probe.steps_mode
+        self.suspendable = bool(code.co_flags & _SUSPENDABLE)
+        self.ok_append = probe.ok_append
+
+
+def _message_param(code: CodeType, probe: Probe) -> str | None:
+    """The parameter whose value :meth:`Probe.enter` gets, as the bytecode backend chooses it."""
+    name = probe.param
+    if name is not None and name not in parameters(code):
+        log.warning(
+            "aspect %s: %s has no parameter %r for message-id %r; its steps get no message id",
+            probe.joinpoint.aspect,
+            probe.joinpoint.name,
+            name,
+            probe.joinpoint.message_id,
+        )
+        return None
+    return name
+
+
+def _claim_tool_id() -> int:
+    """Take ``PROFILER_ID`` if free, else any free id; never one another tool holds."""
+    ids = [_mon.PROFILER_ID] + [i for i in range(6) if i != _mon.PROFILER_ID]
+    for tool_id in ids:
+        if _mon.get_tool(tool_id) is not None:
+            continue
+        try:
+            _mon.use_tool_id(tool_id, TOOL_NAME)
+        except ValueError:  # taken by another thread since get_tool()
+            continue
+        return tool_id
+    holders = ", ".join(f"{i}: {_mon.get_tool(i)!r}" for i in range(6))
+    raise MonitoringUnavailable(
+        f"every sys.monitoring tool id is in use ({holders}); stop one of those tools "
+        "or run twinweave with --backend bytecode"
+    )
+
+
+def close_is_silent(tool_id: int) -> bool:
+    """Whether closing a generator suspended outside any ``try`` reports no ``PY_UNWIND``.
+
+    gh-140373: 3.13 made ``gen_close()``'s shortcut work (gh-111069), which
+    skips throwing ``GeneratorExit`` into such a generator and with it the
+    event; fixed by gh-140767 and its backports. Runs one tiny generator with
+    ``tool_id``, which must be claimed and have no events or callbacks yet.
+    """
+    seen: list[bool] = []
+
+    def suspended() -> Any:
+        yield
+
+    def on_unwind(code: CodeType, offset: int, exc: BaseException) -> None:
+        if code is suspended.__code__:
+            seen.append(True)
+
+    events = _mon.events
+    _mon.register_callback(tool_id, events.PY_UNWIND, on_unwind)
+    _mon.set_events(tool_id, events.PY_UNWIND)
+    try:
+        gen = suspended()
+        next(gen)
+        gen.close()
+    finally:
+        _mon.set_events(tool_id, events.NO_EVENTS)
+        _mon.register_callback(tool_id, events.PY_UNWIND, None)
+    return not seen
+
+
+class MonitoringBackend:
+    """Reports calls of registered code objects to their probes through ``sys.monitoring``.
+
+    Usage (the agent does this when run with ``--backend monitoring``)::
+
+        backend = MonitoringBackend()
+        backend.start()                                   # claims a tool id
+        weave_tree(module_code, "", resolver, backend.register)
+        ...
+        backend.stop()                                    # gives it back
+
+    Costs: a matched call makes two Python callbacks (start and end) and a frame
+    object; a generator run on an interpreter where :func:`close_is_silent`
+    also makes one per ``yield``. Every exception leaving any frame in the
+    process makes one callback that does a dict lookup. Registering code is
+    cheap; a sweep walks the garbage collector's objects once, and runs only
+    when running calls pile up (see the module docstring).
+    """
+
+    def __init__(self) -> None:
+        self.tool_id: int | None = None
+        self.silent_close = False
+        """Whether this interpreter closes some suspended generators without an event."""
+        self._targets: dict[int, _Target] = {}  # id(code) -> target; the target keeps code alive
+        self._running: dict[FrameType, Any] = {}  # frame -> token of its call
+        self._yielded: dict[FrameType, int] = {}  # frame -> time of its last yield
+        self._events = 0
+        self._sweep_at = _SWEEP_MIN
+        self._sweeping = threading.Lock()
+        self._failed = False
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Claim a tool id, register the callbacks and enable the events of registered code.
+
+        Raises :class:`MonitoringUnavailable` before Python 3.12 or when every
+        tool id is taken.
+        """
+        if self.tool_id is not None:
+            return
+        if _mon is None:
+            raise MonitoringUnavailable(
+                "the monitoring backend needs Python 3.12 or newer (sys.monitoring, PEP 669); "
+                "use --backend bytecode"
+            )
+        tool_id = _claim_tool_id()
+        try:
+            self.silent_close = close_is_silent(tool_id)
+            events = _mon.events
+            self._events = events.PY_START | events.PY_RETURN
+            if self.silent_close:
+                self._events |= events.PY_YIELD
+            for event, callback in self._callbacks().items():
+                _mon.register_callback(tool_id, event, callback)
+            _mon.set_events(tool_id, events.PY_UNWIND)
+            self.tool_id = tool_id
+            for target in self._targets.values():
+                _mon.set_local_events(tool_id, target.code, self._events)
+        except BaseException:
+            self.tool_id = tool_id
+            self.stop()
+            raise
+        log.debug("sys.monitoring backend started with tool id %d", tool_id)
+
+    def register(self, code: CodeType, probe: Probe) -> CodeType:
+        """Report the calls of ``code`` to ``probe``; returns ``code`` itself (``rewrite.Apply``).
+
+        A code object registered twice keeps its first probe. Code registered
+        before :meth:`start` is enabled when it runs.
+        """
+        if id(code) not in self._targets:
+            self._targets[id(code)] = _Target(code, probe)
+            if self.tool_id is not None:
+                _mon.set_local_events(self.tool_id, code, self._events)
+        return code
+
+    def stop(self) -> None:
+        """Disable our events, record silently ended generators, give the tool id back.
+
+        Idempotent. Only this backend's tool id is touched, so other tools'
+        events and callbacks stay as they were. Calls still running are dropped:
+        with no end event to come, they are never recorded.
+        """
+        tool_id = self.tool_id
+        if tool_id is None:
+            return
+        events = _mon.events
+        for target in self._targets.values():
+            _mon.set_local_events(tool_id, target.code, events.NO_EVENTS)
+        _mon.set_events(tool_id, events.NO_EVENTS)
+        for event in (events.PY_START, events.PY_RETURN, events.PY_YIELD, events.PY_UNWIND):
+            _mon.register_callback(tool_id, event, None)
+        _mon.free_tool_id(tool_id)
+        self.tool_id = None
+        self.sweep()
+        if self._running:
+            log.debug("%d calls still running at stop are not recorded", len(self._running))
+        self._running.clear()
+        self._yielded.clear()
+
+    @property
+    def in_flight(self) -> int:
+        """How many calls have started and not ended (running or suspended)."""
+        return len(self._running)
+
+    # -- generators that end without an event ---------------------------------------------
+
+    def sweep(self) -> int:
+        """Record, as normal exits, generator calls that ended without an event; returns how many.
+
+        A generator's frame is done when no live generator object runs it any
+        more: the generator finished (its frame attribute is None) or was
+        freed. One pass over the garbage collector's objects finds the owners
+        of all suspended frames at once. The duration runs to the last yield,
+        the last moment the call ran (in steps mode, to the sweep, until
+        ``Probe.leave`` can take an end time).
+        """
+        with self._sweeping:
+            return self._sweep()
+
+    def _sweep(self) -> int:
+        suspects = [frame for frame in list(self._running) if frame.f_code.co_flags & _SUSPENDABLE]
+        owned = set()
+        if suspects:
+            for ref in gc.get_referrers(*suspects):
+                attribute = _FRAME_OF.get(type(ref))
+                if attribute is not None:
+                    frame = getattr(ref, attribute)
+                    if frame is not None:
+                        owned.add(id(frame))
+        now = _perf_ns()
+        count = 0
+        for frame in suspects:
+            if id(frame) in owned:
+                continue
+            token = self._running.pop(frame, _MISSING)
+            end_ns = self._yielded.pop(frame, now)
+            target = self._targets.get(id(frame.f_code))
+            if token is _MISSING or target is None:
+                continue
+            count += 1
+            if target.steps:
+                # Not from inside the generator: keep the message context of
+                # whatever runs now out of it.
+                contextvars.Context().run(target.probe.leave, token)
+            else:
+                target.ok_append(end_ns - token)
+        self._sweep_at = max(_SWEEP_MIN, 2 * len(self._running))
+        if count:
+            log.debug("recorded %d generator calls that ended without an event", count)
+        return count
+
+    def _sweep_if_idle(self) -> None:
+        """The automatic sweep: skipped when another thread is already sweeping."""
+        if self._sweeping.acquire(blocking=False):
+            try:
+                self._sweep()
+            finally:
+                self._sweeping.release()
+
+    # -- callbacks --------------------------------------------------------------------------
+
+    def _callback_failed(self) -> None:
+        if not self._failed:
+            self._failed = True
+            log.exception(
+                "twinweave's sys.monitoring callback failed; the program goes on, "
+                "but some calls may be missing from the report (logged once)"
+            )
+
+    def _callbacks(self) -> dict[int, Callable[..., Any]]:
+        """The event callbacks, as closures over local names (the cheapest lookups there are)."""
+        targets = self._targets
+        running = self._running
+        yielded = self._yielded
+        track_yields = self.silent_close
+        getframe = _getframe
+        perf_ns = _perf_ns
+        disable = _mon.DISABLE
+        missing = _MISSING
+        failed = self._callback_failed
+        backend = self
+
+        def on_start(code: CodeType, offset: int) -> Any:
+            try:
+                target = targets.get(id(code))
+                if target is None:
+                    return disable
+                if target.suspendable and len(running) >= backend._sweep_at:
+                    backend._sweep_if_idle()
+                frame = getframe(1)
+                if target.steps:
+                    param = target.param
+                    arg = None if param is None else frame.f_locals.get(param)
+                    running[frame] = target.probe.enter(arg)
+                else:
+                    running[frame] = perf_ns()
+            except Exception:
+                failed()
+            return None
+
+        def on_return(code: CodeType, offset: int, value: Any) -> Any:
+            end_ns = perf_ns()
+            try:
+                target = targets.get(id(code))
+                if target is None:
+                    return disable
+                frame = getframe(1)
+                token = running.pop(frame, missing)
+                if token is missing:  # started before it was registered
+                    return None
+                if track_yields and target.suspendable:
+                    yielded.pop(frame, None)
+                if target.steps:
+                    target.probe.leave(token)
+                else:
+                    target.ok_append(end_ns - token)
+            except Exception:
+                failed()
+            return None
+
+        def on_unwind(code: CodeType, offset: int, exc: BaseException) -> None:
+            # A global event: it runs for every frame an exception leaves, and
+            # cannot return DISABLE. Keep the untracked path to one lookup.
+            try:
+                target = targets.get(id(code))
+                if target is None:
+                    return
+                frame = getframe(1)
+                token = running.pop(frame, missing)
+                if token is missing:
+                    return
+                if track_yields and target.suspendable:
+                    yielded.pop(frame, None)
+                if target.steps:
+                    target.probe.fail(token, exc)
+                else:
+                    target.probe.fail_timed(token, exc)
+            except Exception:
+                failed()
+
+        def on_yield(code: CodeType, offset: int, value: Any) -> Any:
+            end_ns = perf_ns()
+            try:
+                if id(code) not in targets:
+                    return disable
+                frame = getframe(1)
+                if frame in running:
+                    yielded[frame] = end_ns
+            except Exception:
+                failed()
+            return None
+
+        events = _mon.events
+        callbacks: dict[int, Callable[..., Any]] = {
+            events.PY_START: on_start,
+            events.PY_RETURN: on_return,
+            events.PY_UNWIND: on_unwind,
+        }
+        if track_yields:
+            callbacks[events.PY_YIELD] = on_yield
+        return callbacks

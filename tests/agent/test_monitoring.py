@@ -1,0 +1,702 @@
+"""Tests for agent.weaving.monitoring: the sys.monitoring backend, held to the bytecode backend.
+
+Most tests run twice, once per backend (the ``weaver`` fixture), and expect the
+same counts from both: that is the contract the monitoring backend must meet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import FunctionType
+from typing import Any, Callable
+
+import pytest
+
+from agent.events import JoinPoint, Probe, Step
+from agent.weaving.monitoring import MonitoringBackend, MonitoringUnavailable
+from agent.weaving.rewrite import weave_code, weave_tree
+
+needs_monitoring = pytest.mark.skipif(
+    sys.version_info < (3, 12), reason="sys.monitoring (PEP 669) exists from Python 3.12"
+)
+HOLD_NS = 10_000_000
+"""A sleep inside or around a call; durations are only ever checked to be at least this."""
+
+
+def make_probe(name: str, message_id: str | None = None, steps: list | None = None) -> Probe:
+    receivers = [("test", steps.append)] if steps is not None else []
+    return Probe(JoinPoint("test", "custom", name, message_id), step_receivers=receivers)
+
+
+def counts(probe: Probe) -> tuple[int, int]:
+    return len(probe.ok), len(probe.failed)
+
+
+def durations(probe: Probe) -> list[int]:
+    return probe.ok + probe.failed
+
+
+class EndingThreads(list):
+    """A step receiver list that also notes the thread each step was received (ended) in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended_in: list[int] = []
+
+    def append(self, step: Step) -> None:
+        super().append(step)
+        self.ended_in.append(threading.get_ident())
+
+
+class Weaver:
+    """Instruments functions with one backend and undoes it at the end of the test."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.backend: MonitoringBackend | None = None
+        self._swapped: list[tuple[FunctionType, Any]] = []
+        self.began = time.perf_counter_ns()
+        if kind == "monitoring":
+            self.backend = MonitoringBackend()
+            self.backend.start()
+
+    def weave(
+        self, fn: FunctionType, message_id: str | None = None, steps: list | None = None
+    ) -> Probe:
+        probe = make_probe(fn.__qualname__, message_id, steps)
+        code = fn.__code__
+        if self.backend is not None:
+            assert self.backend.register(code, probe) is code
+        else:
+            fn.__code__ = weave_code(code, probe)
+            self._swapped.append((fn, code))
+        return probe
+
+    def settle(self) -> None:
+        """Let the monitoring backend record generators that ended without an event."""
+        if self.backend is not None:
+            self.backend.sweep()
+
+    def check_durations(self, *probes: Probe) -> None:
+        """Every duration recorded lies inside the test so far (a bound no load can break)."""
+        elapsed = time.perf_counter_ns() - self.began
+        for probe in probes:
+            assert all(0 <= d <= elapsed for d in durations(probe)), durations(probe)
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.stop()
+        for fn, code in reversed(self._swapped):
+            fn.__code__ = code
+
+
+@pytest.fixture(params=["monitoring", "bytecode"])
+def weaver(request: pytest.FixtureRequest) -> Iterator[Weaver]:
+    w = Weaver(request.param)
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+@pytest.fixture
+def backend() -> Iterator[MonitoringBackend]:
+    b = MonitoringBackend()
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+# -- the functions under test -------------------------------------------------------------
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def boom(kind: type = ValueError) -> None:
+    raise kind("boom")
+
+
+def recovers() -> str:
+    try:
+        boom()
+    except ValueError:
+        return "recovered"
+    return "unreachable"
+
+
+def factorial(n: int) -> int:
+    return 1 if n <= 1 else n * factorial(n - 1)
+
+
+def dive(depth: int) -> None:
+    if depth == 0:
+        raise KeyError(depth)
+    dive(depth - 1)
+
+
+def numbers(limit: int = 3) -> Iterator[int]:
+    # A bare `yield` outside any `try`: the case CPython may close silently (gh-140373).
+    i = 0
+    while i < limit:
+        yield i
+        i += 1
+
+
+def delegating(limit: int = 3) -> Iterator[int]:
+    yield from range(limit)
+
+
+def guarded_numbers() -> Iterator[int]:
+    try:
+        yield 1
+        yield 2
+    finally:
+        pass
+
+
+def failing_numbers() -> Iterator[int]:
+    yield 1
+    raise ValueError("after one")
+
+
+@dataclass
+class Message:
+    unique_id: str
+
+
+def stream(message: Message) -> Iterator[str]:
+    yield message.unique_id
+    yield message.unique_id
+
+
+async def fetch(message: Message, pause: float) -> str:
+    await asyncio.sleep(pause)
+    return message.unique_id
+
+
+async def fetch_fails() -> None:
+    await asyncio.sleep(0)
+    raise OSError("down")
+
+
+async def ticks(limit: int) -> Any:
+    for i in range(limit):
+        await asyncio.sleep(0)
+        yield i
+
+
+class Flow:
+    def on_message(self, message: Message) -> str:
+        if message.unique_id == "bad":
+            raise ValueError("bad message")
+        return message.unique_id
+
+    @staticmethod
+    def helper(x: int) -> int:
+        return x * 2
+
+    @classmethod
+    def build(cls) -> Flow:
+        return cls()
+
+    @property
+    def size(self) -> int:
+        return 7
+
+
+def keeps_message(message: Message) -> Callable[[], str]:
+    return lambda: message.unique_id  # `message` is a cell variable
+
+
+# -- plain calls ---------------------------------------------------------------------------
+
+
+@needs_monitoring
+class TestCalls:
+    def test_plain_function(self, weaver: Weaver) -> None:
+        probe = weaver.weave(add)
+        assert [add(1, 2), add(3, 4)] == [3, 7]
+        assert counts(probe) == (2, 0)
+        weaver.check_durations(probe)
+
+    def test_methods(self, weaver: Weaver) -> None:
+        on_message = weaver.weave(Flow.on_message)
+        helper = weaver.weave(Flow.__dict__["helper"].__func__)
+        build = weaver.weave(Flow.__dict__["build"].__func__)
+        size = weaver.weave(Flow.__dict__["size"].fget)
+        flow = Flow.build()
+        assert (flow.on_message(Message("m")), Flow.helper(2), flow.size) == ("m", 4, 7)
+        assert [counts(p) for p in (on_message, helper, build, size)] == [(1, 0)] * 4
+
+    def test_raising_call_is_failed(self, weaver: Weaver) -> None:
+        probe = weaver.weave(boom)
+        for _ in range(3):
+            with pytest.raises(ValueError, match="boom"):
+                boom()
+        assert counts(probe) == (0, 3)
+        weaver.check_durations(probe)
+
+    def test_exception_caught_inside_does_not_end_the_call(self, weaver: Weaver) -> None:
+        probe = weaver.weave(recovers)
+        assert recovers() == "recovered"
+        assert counts(probe) == (1, 0)
+
+    def test_recursion_pairs_each_end_with_its_own_start(self, weaver: Weaver) -> None:
+        probe = weaver.weave(factorial)
+        assert factorial(5) == 120
+        assert counts(probe) == (5, 0)
+        # Inner calls end first, and each outer call's interval contains the inner one.
+        assert probe.ok == sorted(probe.ok)
+
+    def test_exception_through_recursion_fails_every_level(self, weaver: Weaver) -> None:
+        probe = weaver.weave(dive)
+        with pytest.raises(KeyError):
+            dive(3)
+        assert counts(probe) == (0, 4)
+        assert probe.failed == sorted(probe.failed)
+        weaver.check_durations(probe)
+
+    def test_threads_calling_the_same_function(self, weaver: Weaver) -> None:
+        steps = EndingThreads()
+        probe = weaver.weave(Flow.on_message, "message.unique_id", steps)
+        calls = 300
+        barrier = threading.Barrier(2)
+
+        def work(name: str) -> None:
+            flow = Flow()
+            barrier.wait()
+            for i in range(calls):
+                flow.on_message(Message(f"{name}-{i}"))
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert counts(probe) == (2 * calls, 0)
+        assert len(steps) == 2 * calls
+        # Every call ended in the thread that started it.
+        assert [step.thread for step in steps] == steps.ended_in
+        for name in ("a", "b"):
+            mine = [step.message_id for step in steps if step.message_id.startswith(name)]
+            assert mine == [f"{name}-{i}" for i in range(calls)]
+
+
+# -- generators ------------------------------------------------------------------------------
+
+
+@needs_monitoring
+class TestGenerators:
+    def test_exhausted(self, weaver: Weaver) -> None:
+        probe = weaver.weave(numbers)
+        assert list(numbers()) == [0, 1, 2]
+        assert sum(numbers(5)) == 10
+        assert counts(probe) == (2, 0)
+        weaver.check_durations(probe)
+
+    def test_suspended_time_counts(self, weaver: Weaver) -> None:
+        probe = weaver.weave(numbers)
+        gen = numbers(2)
+        next(gen)
+        time.sleep(HOLD_NS / 1e9)
+        assert list(gen) == [1]
+        assert counts(probe) == (1, 0)
+        assert probe.ok[0] >= HOLD_NS
+
+    def test_closed_early_is_a_normal_exit(self, weaver: Weaver) -> None:
+        probes = [weaver.weave(fn) for fn in (numbers, guarded_numbers, delegating)]
+        for fn in (numbers, guarded_numbers, delegating):
+            gen = fn()
+            next(gen)
+            gen.close()
+        weaver.settle()
+        assert [counts(p) for p in probes] == [(1, 0)] * 3
+        weaver.check_durations(*probes)
+
+    def test_dropped_while_suspended_is_a_normal_exit(self, weaver: Weaver) -> None:
+        probe = weaver.weave(numbers)
+        gen = numbers()
+        next(gen)
+        del gen
+        gc.collect()
+        weaver.settle()
+        assert counts(probe) == (1, 0)
+        weaver.check_durations(probe)
+
+    def test_never_started_is_not_a_call(self, weaver: Weaver) -> None:
+        probe = weaver.weave(numbers)
+        gen = numbers()
+        gen.close()
+        del gen
+        weaver.settle()
+        assert counts(probe) == (0, 0)
+
+    def test_raising_generator_is_failed(self, weaver: Weaver) -> None:
+        probe = weaver.weave(failing_numbers)
+        gen = failing_numbers()
+        assert next(gen) == 1
+        with pytest.raises(ValueError):
+            next(gen)
+        numbers_probe = weaver.weave(numbers)
+        thrown = numbers()
+        next(thrown)
+        with pytest.raises(KeyError):
+            thrown.throw(KeyError("in"))
+        assert counts(probe) == (0, 1)
+        assert counts(numbers_probe) == (0, 1)
+        weaver.check_durations(probe, numbers_probe)
+
+    def test_interleaved_generators_of_one_function(self, weaver: Weaver) -> None:
+        steps: list[Step] = []
+        weaver.weave(stream, "message.unique_id", steps)
+        first, second = stream(Message("first")), stream(Message("second"))
+        assert next(first) == "first"
+        assert next(second) == "second"
+        assert list(first) == ["first"]  # the first started ends first
+        assert list(second) == ["second"]
+        assert [s.message_id for s in steps] == ["first", "second"]
+        assert [s.failed for s in steps] == [None, None]
+
+
+@needs_monitoring
+def test_silent_close_is_recorded_by_sweep(backend: MonitoringBackend) -> None:
+    probe = make_probe("numbers")
+    backend.register(numbers.__code__, probe)
+    if sys.version_info < (3, 13):
+        assert not backend.silent_close  # 3.12 always throws GeneratorExit in (gh-111107)
+    gen = numbers()
+    next(gen)
+    time.sleep(HOLD_NS / 1e9)
+    next(gen)
+    gen.close()
+    # Where close is silent (gh-140373), only a sweep can tell the call ended.
+    assert counts(probe) == ((0, 0) if backend.silent_close else (1, 0))
+    assert backend.in_flight == (1 if backend.silent_close else 0)
+    assert backend.sweep() == (1 if backend.silent_close else 0)
+    assert counts(probe) == (1, 0)
+    assert probe.ok[0] >= HOLD_NS  # up to the last yield at least
+    assert backend.in_flight == 0
+    assert backend.sweep() == 0
+
+
+@needs_monitoring
+def test_suspended_generators_survive_a_sweep(backend: MonitoringBackend) -> None:
+    probe = make_probe("numbers")
+    backend.register(numbers.__code__, probe)
+    alive = [numbers() for _ in range(3)]
+    for gen in alive:
+        next(gen)
+    assert backend.sweep() == 0
+    assert backend.in_flight == 3
+    for gen in alive:
+        assert list(gen) == [1, 2]
+    assert counts(probe) == (3, 0)
+    assert backend.in_flight == 0
+
+
+@needs_monitoring
+def test_many_dropped_generators_do_not_pile_up(backend: MonitoringBackend) -> None:
+    probe = make_probe("numbers")
+    backend.register(numbers.__code__, probe)
+    for _ in range(2000):
+        gen = numbers()
+        next(gen)
+    del gen
+    backend.sweep()
+    assert counts(probe) == (2000, 0)
+    assert backend.in_flight == 0
+
+
+# -- coroutines and async generators -----------------------------------------------------------
+
+
+@needs_monitoring
+class TestAsync:
+    def test_interleaved_coroutines(self, weaver: Weaver) -> None:
+        steps: list[Step] = []
+        weaver.weave(fetch, "message.unique_id", steps)
+
+        async def main() -> list[str]:
+            return await asyncio.gather(
+                fetch(Message("slow"), HOLD_NS / 1e9), fetch(Message("quick"), 0)
+            )
+
+        assert asyncio.run(main()) == ["slow", "quick"]
+        assert [s.message_id for s in steps] == ["quick", "slow"]
+        assert steps[1].duration_ns >= HOLD_NS
+        assert [s.failed for s in steps] == [None, None]
+
+    def test_raising_coroutine_is_failed(self, weaver: Weaver) -> None:
+        probe = weaver.weave(fetch_fails)
+        with pytest.raises(OSError):
+            asyncio.run(fetch_fails())
+        assert counts(probe) == (0, 1)
+        weaver.check_durations(probe)
+
+    def test_cancelled_coroutine_is_failed(self, weaver: Weaver) -> None:
+        probe = weaver.weave(fetch)
+
+        async def main() -> None:
+            task = asyncio.ensure_future(fetch(Message("m"), 60))
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(main())
+        assert counts(probe) == (0, 1)
+        weaver.check_durations(probe)
+
+    def test_async_generators(self, weaver: Weaver) -> None:
+        probe = weaver.weave(ticks)
+
+        async def main() -> list[int]:
+            seen = [i async for i in ticks(3)]
+            early = ticks(3)
+            seen.append(await early.__anext__())
+            await early.aclose()
+            return seen
+
+        assert asyncio.run(main()) == [0, 1, 2, 0]
+        weaver.settle()
+        assert counts(probe) == (2, 0)
+        weaver.check_durations(probe)
+
+
+# -- steps mode --------------------------------------------------------------------------------
+
+
+@needs_monitoring
+class TestSteps:
+    def test_message_id_from_a_dotted_parameter_path(self, weaver: Weaver) -> None:
+        steps: list[Step] = []
+        weaver.weave(Flow.on_message, "message.unique_id", steps)
+        flow = Flow()
+        assert flow.on_message(Message("m-1")) == "m-1"
+        with pytest.raises(ValueError):
+            flow.on_message(Message("bad"))
+        assert [(s.message_id, s.failed, s.order) for s in steps] == [
+            ("m-1", None, 0),
+            ("bad", "ValueError", 0),
+        ]
+        assert steps[0].name == "Flow.on_message" and steps[0].type == "custom"
+
+    def test_message_id_from_a_cell_parameter(self, weaver: Weaver) -> None:
+        steps: list[Step] = []
+        weaver.weave(keeps_message, "message.unique_id", steps)
+        assert keeps_message(Message("cell-1"))() == "cell-1"
+        assert [s.message_id for s in steps] == ["cell-1"]
+
+    def test_generator_closed_silently_still_makes_a_step(self, weaver: Weaver) -> None:
+        steps: list[Step] = []
+        weaver.weave(stream, "message.unique_id", steps)
+        gen = stream(Message("closed"))
+        next(gen)
+        gen.close()
+        weaver.settle()
+        assert [(s.message_id, s.failed) for s in steps] == [("closed", None)]
+        assert 0 <= steps[0].duration_ns <= time.perf_counter_ns() - weaver.began
+
+
+# -- against the bytecode backend ----------------------------------------------------------------
+
+
+def _scenario() -> None:
+    add(1, 2)
+    recovers()
+    factorial(4)
+    with pytest.raises(KeyError):
+        dive(2)
+    list(numbers())
+    for fn in (numbers, guarded_numbers):
+        gen = fn()
+        next(gen)
+        gen.close()
+    gen = numbers()
+    next(gen)
+    del gen
+
+    async def main() -> None:
+        await fetch(Message("m"), 0)
+        with pytest.raises(OSError):
+            await fetch_fails()
+        _ = [i async for i in ticks(2)]
+
+    asyncio.run(main())
+
+
+_COMPARED = (add, recovers, factorial, dive, numbers, guarded_numbers, fetch, fetch_fails, ticks)
+
+
+@needs_monitoring
+def test_same_counts_as_the_bytecode_backend() -> None:
+    results = {}
+    for kind in ("monitoring", "bytecode"):
+        w = Weaver(kind)
+        try:
+            probes = [w.weave(fn) for fn in _COMPARED]
+            _scenario()
+            w.settle()
+        finally:
+            w.close()
+        results[kind] = {p.joinpoint.name: counts(p) for p in probes}
+    assert results["monitoring"] == results["bytecode"]
+    assert results["bytecode"]["dive"] == (0, 3)
+    assert results["bytecode"]["numbers"] == (3, 0)
+
+
+@needs_monitoring
+def test_register_is_weave_trees_apply_step(backend: MonitoringBackend) -> None:
+    source = (
+        "class Shop:\n"
+        "    def order(self, n):\n"
+        "        def line(i):\n"
+        "            return i\n"
+        "        return [line(i) for i in range(n)]\n"
+    )
+    code = compile(source, "<shop>", "exec")
+    probes = {}
+
+    def resolver(c: Any, qualname: str) -> Probe | None:
+        probes[qualname] = make_probe(qualname)
+        return probes[qualname]
+
+    assert weave_tree(code, "", resolver, backend.register) is code
+    namespace: dict = {}
+    exec(code, namespace)
+    assert namespace["Shop"]().order(3) == [0, 1, 2]
+    assert sorted(probes) == ["Shop.order", "Shop.order.<locals>.line"]
+    assert counts(probes["Shop.order"]) == (1, 0)
+    assert counts(probes["Shop.order.<locals>.line"]) == (3, 0)
+
+
+# -- life cycle and other tools -----------------------------------------------------------------
+
+
+def _free_ids() -> list[int]:
+    return [i for i in range(6) if sys.monitoring.get_tool(i) is None]
+
+
+@needs_monitoring
+def test_stop_is_idempotent_and_gives_the_id_back() -> None:
+    backend = MonitoringBackend()
+    backend.start()
+    tool_id = backend.tool_id
+    assert tool_id is not None and sys.monitoring.get_tool(tool_id) == "twinweave"
+    probe = make_probe("add")
+    backend.register(add.__code__, probe)
+    add(1, 1)
+    backend.stop()
+    backend.stop()
+    add(1, 1)
+    assert backend.tool_id is None and sys.monitoring.get_tool(tool_id) is None
+    assert counts(probe) == (1, 0)
+    backend.start()  # registered code is monitored again
+    try:
+        add(1, 1)
+    finally:
+        backend.stop()
+    assert counts(probe) == (2, 0)
+
+
+@needs_monitoring
+def test_stop_leaves_other_tools_untouched() -> None:
+    mon = sys.monitoring
+    events = mon.events
+    other = _free_ids()[-1]
+    mon.use_tool_id(other, "other-tool")
+    seen: list[str] = []
+    try:
+        mon.register_callback(
+            other, events.PY_START, lambda code, offset: seen.append(code.co_name)
+        )
+        mon.set_local_events(other, add.__code__, events.PY_START)
+        mon.set_events(other, events.EXCEPTION_HANDLED)
+        backend = MonitoringBackend()
+        backend.start()
+        assert backend.tool_id != other
+        probe = make_probe("add")
+        backend.register(add.__code__, probe)
+        add(1, 2)
+        backend.stop()
+        add(1, 2)
+        assert seen == ["add", "add"]
+        assert counts(probe) == (1, 0)
+        assert mon.get_tool(other) == "other-tool"
+        assert mon.get_events(other) == events.EXCEPTION_HANDLED
+        assert mon.get_local_events(other, add.__code__) == events.PY_START
+    finally:
+        mon.set_local_events(other, add.__code__, events.NO_EVENTS)
+        mon.set_events(other, events.NO_EVENTS)
+        mon.register_callback(other, events.PY_START, None)
+        mon.free_tool_id(other)
+
+
+@needs_monitoring
+def test_profiler_id_taken_uses_another_free_id() -> None:
+    mon = sys.monitoring
+    taken_here = mon.get_tool(mon.PROFILER_ID) is None
+    if taken_here:
+        mon.use_tool_id(mon.PROFILER_ID, "someone's profiler")
+    backend = MonitoringBackend()
+    try:
+        backend.start()
+        assert backend.tool_id not in (None, mon.PROFILER_ID)
+        assert mon.get_tool(mon.PROFILER_ID) != "twinweave"
+    finally:
+        backend.stop()
+        if taken_here:
+            mon.free_tool_id(mon.PROFILER_ID)
+
+
+@needs_monitoring
+def test_no_free_tool_id_says_who_holds_them() -> None:
+    mon = sys.monitoring
+    taken = _free_ids()
+    for i in taken:
+        mon.use_tool_id(i, f"holder-{i}")
+    try:
+        with pytest.raises(
+            MonitoringUnavailable, match=r"every sys\.monitoring tool id is in use"
+        ) as e:
+            MonitoringBackend().start()
+        for i in taken:
+            assert f"{i}: 'holder-{i}'" in str(e.value)
+        assert "--backend bytecode" in str(e.value)
+    finally:
+        for i in taken:
+            mon.free_tool_id(i)
+
+
+@needs_monitoring
+def test_a_failing_callback_never_reaches_user_code(
+    backend: MonitoringBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    probe = make_probe("add")
+
+    def broken(duration: int) -> None:
+        raise RuntimeError("bug in the backend")
+
+    probe.ok_append = broken
+    backend.register(add.__code__, probe)
+    with caplog.at_level(logging.ERROR, logger="agent.weaving.monitoring"):
+        assert [add(1, 2), add(2, 3)] == [3, 5]
+    assert len(caplog.records) == 1
+    assert "logged once" in caplog.records[0].getMessage()
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="checks the refusal before Python 3.12")
+def test_start_before_312_says_what_to_do() -> None:
+    with pytest.raises(MonitoringUnavailable, match="--backend bytecode"):
+        MonitoringBackend().start()
