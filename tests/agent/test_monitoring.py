@@ -23,9 +23,8 @@ from agent.events import JoinPoint, Probe, Step
 from agent.weaving.monitoring import MonitoringBackend, MonitoringUnavailable
 from agent.weaving.rewrite import weave_code, weave_tree
 
-needs_monitoring = pytest.mark.skipif(
-    sys.version_info < (3, 12), reason="sys.monitoring (PEP 669) exists from Python 3.12"
-)
+if sys.version_info < (3, 12):  # test_runtime checks the refusal there
+    pytest.skip("sys.monitoring (PEP 669) exists from Python 3.12", allow_module_level=True)
 HOLD_NS = 10_000_000
 """A sleep inside or around a call; durations are only ever checked to be at least this."""
 
@@ -220,9 +219,6 @@ def keeps_message(message: Message) -> Callable[[], str]:
 
 
 # -- plain calls ---------------------------------------------------------------------------
-
-
-@needs_monitoring
 class TestCalls:
     def test_plain_function(self, weaver: Weaver) -> None:
         probe = weaver.weave(add)
@@ -294,9 +290,6 @@ class TestCalls:
 
 
 # -- generators ------------------------------------------------------------------------------
-
-
-@needs_monitoring
 class TestGenerators:
     def test_exhausted(self, weaver: Weaver) -> None:
         probe = weaver.weave(numbers)
@@ -369,7 +362,6 @@ class TestGenerators:
         assert [s.failed for s in steps] == [None, None]
 
 
-@needs_monitoring
 def test_silent_close_is_recorded_by_sweep(backend: MonitoringBackend) -> None:
     probe = make_probe("numbers")
     backend.register(numbers.__code__, probe)
@@ -390,7 +382,6 @@ def test_silent_close_is_recorded_by_sweep(backend: MonitoringBackend) -> None:
     assert backend.sweep() == 0
 
 
-@needs_monitoring
 def test_suspended_generators_survive_a_sweep(backend: MonitoringBackend) -> None:
     probe = make_probe("numbers")
     backend.register(numbers.__code__, probe)
@@ -405,7 +396,6 @@ def test_suspended_generators_survive_a_sweep(backend: MonitoringBackend) -> Non
     assert backend.in_flight == 0
 
 
-@needs_monitoring
 def test_many_dropped_generators_do_not_pile_up(backend: MonitoringBackend) -> None:
     probe = make_probe("numbers")
     backend.register(numbers.__code__, probe)
@@ -419,9 +409,6 @@ def test_many_dropped_generators_do_not_pile_up(backend: MonitoringBackend) -> N
 
 
 # -- coroutines and async generators -----------------------------------------------------------
-
-
-@needs_monitoring
 class TestAsync:
     def test_interleaved_coroutines(self, weaver: Weaver) -> None:
         steps: list[Step] = []
@@ -475,9 +462,6 @@ class TestAsync:
 
 
 # -- steps mode --------------------------------------------------------------------------------
-
-
-@needs_monitoring
 class TestSteps:
     def test_message_id_from_a_dotted_parameter_path(self, weaver: Weaver) -> None:
         steps: list[Step] = []
@@ -539,7 +523,6 @@ def _scenario() -> None:
 _COMPARED = (add, recovers, factorial, dive, numbers, guarded_numbers, fetch, fetch_fails, ticks)
 
 
-@needs_monitoring
 def test_same_counts_as_the_bytecode_backend() -> None:
     results = {}
     for kind in ("monitoring", "bytecode"):
@@ -556,7 +539,6 @@ def test_same_counts_as_the_bytecode_backend() -> None:
     assert results["bytecode"]["numbers"] == (3, 0)
 
 
-@needs_monitoring
 def test_register_is_weave_trees_apply_step(backend: MonitoringBackend) -> None:
     source = (
         "class Shop:\n"
@@ -588,7 +570,6 @@ def _free_ids() -> list[int]:
     return [i for i in range(6) if sys.monitoring.get_tool(i) is None]
 
 
-@needs_monitoring
 def test_stop_is_idempotent_and_gives_the_id_back() -> None:
     backend = MonitoringBackend()
     backend.start()
@@ -610,7 +591,6 @@ def test_stop_is_idempotent_and_gives_the_id_back() -> None:
     assert counts(probe) == (2, 0)
 
 
-@needs_monitoring
 def test_stop_leaves_other_tools_untouched() -> None:
     mon = sys.monitoring
     events = mon.events
@@ -643,7 +623,6 @@ def test_stop_leaves_other_tools_untouched() -> None:
         mon.free_tool_id(other)
 
 
-@needs_monitoring
 def test_profiler_id_taken_uses_another_free_id() -> None:
     mon = sys.monitoring
     taken_here = mon.get_tool(mon.PROFILER_ID) is None
@@ -660,7 +639,6 @@ def test_profiler_id_taken_uses_another_free_id() -> None:
             mon.free_tool_id(mon.PROFILER_ID)
 
 
-@needs_monitoring
 def test_no_free_tool_id_says_who_holds_them() -> None:
     mon = sys.monitoring
     taken = _free_ids()
@@ -679,7 +657,6 @@ def test_no_free_tool_id_says_who_holds_them() -> None:
             mon.free_tool_id(i)
 
 
-@needs_monitoring
 def test_a_failing_callback_never_reaches_user_code(
     backend: MonitoringBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -694,9 +671,3 @@ def test_a_failing_callback_never_reaches_user_code(
         assert [add(1, 2), add(2, 3)] == [3, 5]
     assert len(caplog.records) == 1
     assert "logged once" in caplog.records[0].getMessage()
-
-
-@pytest.mark.skipif(sys.version_info >= (3, 12), reason="checks the refusal before Python 3.12")
-def test_start_before_312_says_what_to_do() -> None:
-    with pytest.raises(MonitoringUnavailable, match="--backend bytecode"):
-        MonitoringBackend().start()

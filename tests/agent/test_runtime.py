@@ -172,11 +172,20 @@ def test_finder_uninstalled_at_stop(package):
     assert not [f for f in sys.meta_path if isinstance(f, importer.WeavingFinder)]
 
 
-def test_monitoring_backend_refused_before_312():
-    if sys.version_info >= (3, 12):
-        pytest.skip("sys.monitoring exists on this Python")
-    with pytest.raises(AgentError, match=r"3\.12"):
-        Agent(config_for("x"), backend="monitoring")
+def test_monitoring_backend_only_where_sys_monitoring_exists():
+    from agent.weaving.monitoring import MonitoringBackend, MonitoringUnavailable
+
+    if sys.version_info < (3, 12):
+        with pytest.raises(AgentError, match=r"3\.12"):
+            Agent(config_for("x"), backend="monitoring")
+        with pytest.raises(MonitoringUnavailable, match="--backend bytecode"):
+            MonitoringBackend().start()
+    else:
+        assert Agent(config_for("x"), backend="monitoring").backend == "monitoring"
+        backend = MonitoringBackend()
+        backend.start()
+        assert backend.tool_id is not None
+        backend.stop()
 
 
 def test_report_written_at_stop(package, tmp_path):
