@@ -10,7 +10,7 @@ unpacks into the editable wheel, next to setuptools' own ``__editable__`` .pth.
 import os
 import shutil
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 from setuptools.command.editable_wheel import editable_wheel
 
@@ -38,4 +38,15 @@ class editable_wheel_with_pth(editable_wheel):
         shutil.copyfile(SOURCE, os.path.join(installation_dir, PTH))
 
 
-setup(cmdclass={"build_py": build_py_with_pth, "editable_wheel": editable_wheel_with_pth})
+# The timing accelerator is optional: without a C compiler the install goes on and
+# timing-mode probes use the pure-Python path (agent/speedups.py says which runs).
+SPEEDUPS = (
+    []
+    if os.environ.get("TWINWEAVE_PURE_PYTHON")
+    else [Extension("agent._speedups", ["agent/_speedups.c"], optional=True)]
+)
+
+setup(
+    cmdclass={"build_py": build_py_with_pth, "editable_wheel": editable_wheel_with_pth},
+    ext_modules=SPEEDUPS,
+)

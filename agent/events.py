@@ -170,6 +170,7 @@ class Probe:
         "ok_append",
         "param",
         "path",
+        "recorder",
         "start_receivers",
         "step_receivers",
     )
@@ -180,8 +181,12 @@ class Probe:
         dispatcher: Dispatcher | None = None,
         start_receivers: Sequence[_Receiver] = (),
         step_receivers: Sequence[_Receiver] = (),
+        recorder: Any = None,
     ) -> None:
         self.joinpoint = joinpoint
+        # The C accelerator's recorder (agent.speedups), which times calls in place
+        # of the lists in timing mode where it is built; None for the Python path.
+        self.recorder = recorder
         self.ok: list[int] = []
         self.failed: list[int] = []
         self.ok_append = self.ok.append

@@ -20,6 +20,11 @@ Writing a plugin. A plugin is any object with ``start``/``stop`` (subclass
   the drain thread and once more at stop. Treat the lists as read-only: every
   timing plugin gets the same ones. With only this receiver, join points stay in
   the cheap *timing mode*.
+* ``on_summary(joinpoint: JoinPoint, summary: agent.speedups.TimingSummary)``: the
+  same calls already aggregated (counts, totals, min, max, histogram buckets).
+  Where the C accelerator is built, a join point whose timing plugins all define
+  ``on_summary`` is timed in C, the cheapest mode of all; a plugin that defines
+  only ``on_timings`` keeps its join points on the Python path.
 
 A plugin without any receiver only gets ``start`` and ``stop``; a function that
 no plugin with receivers accepts is not woven at all.
@@ -74,6 +79,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Protocol
 
+from agent import speedups
 from agent.drain import Drainer
 from agent.events import Dispatcher, JoinPoint, Probe
 
@@ -103,7 +109,7 @@ BUILTIN: dict[str, str] = {
 ENTRY_POINT_GROUP = "twinweave.plugins"
 """Entry point group where installed packages publish plugin factories by short name."""
 
-RECEIVERS = ("on_start", "on_step", "on_timings")
+RECEIVERS = ("on_start", "on_step", "on_timings", "on_summary")
 """The optional receiver methods a plugin may define."""
 
 STOP_TIMEOUT = 2.0
@@ -407,7 +413,7 @@ class PluginSet:
     @property
     def probes(self) -> list[Probe]:
         """Every probe handed out by :meth:`probe_for`."""
-        return [probe for probe, _ in list(self._probes.values())]
+        return [entry[0] for entry in list(self._probes.values())]
 
     @property
     def draining(self) -> bool:
@@ -428,23 +434,37 @@ class PluginSet:
                 return known[0]
             starts: list[_Receiver] = []
             steps: list[_Receiver] = []
-            timings: list[_Receiver] = []
+            raw: list[_Receiver] = []
+            summaries: list[_Receiver] = []
+            raw_only = False  # some plugin reads raw durations and cannot take summaries
             for member in list(self._members):
                 if not member.receivers or not member.accepts(joinpoint):
                     continue
                 for kind, into in (("on_start", starts), ("on_step", steps)):
                     if kind in member.receivers:
                         into.append((member.owner, member.receivers[kind]))
+                if "on_summary" in member.receivers:
+                    summaries.append((member.owner, member.receivers["on_summary"]))
+                elif "on_timings" in member.receivers:
+                    raw_only = True
                 if "on_timings" in member.receivers:
-                    timings.append((member.owner, member.receivers["on_timings"]))
-            if not (starts or steps or timings):
+                    raw.append((member.owner, member.receivers["on_timings"]))
+            if not (starts or steps or raw or summaries):
                 return None
-            probe = Probe(joinpoint, self.dispatcher, starts, steps)
-            if not timings:
+            recorder = None
+            if summaries and not (starts or steps or raw_only) and speedups.available():
+                recorder = speedups.recorder()
+                raw = []
+            probe = Probe(joinpoint, self.dispatcher, starts, steps, recorder)
+            if not (raw or summaries):
                 # Steps mode with nobody to read durations: keep the lists from growing.
                 probe.ok_append = _discarding_append()
                 probe.failed_append = _discarding_append()
-            self._probes[joinpoint] = (probe, tuple(timings))
+            elif raw:
+                # On the Python path a plugin with both receivers gets the raw lists.
+                readers = {owner for owner, _ in raw}
+                summaries = [r for r in summaries if r[0] not in readers]
+            self._probes[joinpoint] = (probe, tuple(raw), tuple(summaries))
             return probe
 
     def start(self, context: AgentContext) -> None:
@@ -465,7 +485,10 @@ class PluginSet:
                     member.owner,
                 )
                 self._members.remove(member)
-        if any("on_timings" in member.receivers for member in self._members):
+        if any(
+            "on_timings" in member.receivers or "on_summary" in member.receivers
+            for member in self._members
+        ):
             self._drainer.start()
 
     def drain(self) -> int:
@@ -504,16 +527,28 @@ class PluginSet:
             return 0
         moved = 0
         call = self.dispatcher.call
-        for probe, timings in list(self._probes.values()):
-            if not timings:
+        for probe, raw, summaries in list(self._probes.values()):
+            joinpoint = probe.joinpoint
+            if probe.recorder is not None:
+                summary = speedups.summary(probe.recorder)
+                if summary is None:
+                    continue
+                moved += summary.ok + summary.failed
+                for owner, receiver in summaries:
+                    call(owner, receiver, joinpoint, summary)
+                continue
+            if not (raw or summaries):
                 continue
             ok, failed = probe.drain()
             if not ok and not failed:
                 continue
             moved += len(ok) + len(failed)
-            joinpoint = probe.joinpoint
-            for owner, receiver in timings:
+            for owner, receiver in raw:
                 call(owner, receiver, joinpoint, ok, failed)
+            if summaries:
+                summary = speedups.summarize(ok, failed)
+                for owner, receiver in summaries:
+                    call(owner, receiver, joinpoint, summary)
         return moved
 
 

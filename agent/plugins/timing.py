@@ -44,32 +44,13 @@ from typing import Any
 from agent.events import JoinPoint
 from agent.plugins import AgentContext, Plugin
 from agent.report import format_table
+from agent.speedups import TimingSummary
+from agent.stats import MANTISSA_BITS, bucket_bounds
 
 log = logging.getLogger(__name__)
 
-MANTISSA_BITS = 6
-"""Buckets per power of two are ``2**MANTISSA_BITS``: relative bucket width 1/64."""
 SAMPLE_LIMIT = 2048
 """Most durations of one list (ok or failed) of one batch that go into the histogram."""
-
-_LINEAR = 1 << (MANTISSA_BITS + 1)  # below this, one bucket per nanosecond
-
-
-def bucket_of(duration_ns: int) -> int:
-    """Histogram bucket of a duration (``>= 0``); buckets are ordered like durations."""
-    shift = duration_ns.bit_length() - MANTISSA_BITS - 1
-    if shift <= 0:
-        return duration_ns
-    return (shift << MANTISSA_BITS) + (duration_ns >> shift)
-
-
-def bucket_bounds(bucket: int) -> tuple[int, int]:
-    """The smallest and largest duration that fall in ``bucket`` (inclusive)."""
-    if bucket < _LINEAR:
-        return bucket, bucket
-    shift = (bucket >> MANTISSA_BITS) - 1
-    mantissa = bucket - (shift << MANTISSA_BITS)
-    return mantissa << shift, ((mantissa + 1) << shift) - 1
 
 
 def sample(durations: Sequence[int], limit: int = SAMPLE_LIMIT) -> tuple[Sequence[int], float]:
@@ -150,17 +131,32 @@ class ComponentStats:
         self.max_ns = 0
         self.histogram = Histogram()
 
+    def _extremes(self, low: int, high: int) -> None:
+        if self.count:
+            self.min_ns = min(self.min_ns, low)
+            self.max_ns = max(self.max_ns, high)
+        else:
+            self.min_ns, self.max_ns = low, high
+
+    def add_summary(self, summary: TimingSummary) -> None:
+        """Fold in what the C accelerator aggregated (already exact, histogram included)."""
+        calls = summary.ok + summary.failed
+        if not calls:
+            return
+        self._extremes(summary.min_ns, summary.max_ns)
+        self.count += calls
+        self.failed += summary.failed
+        self.total_ns += summary.ok_total_ns + summary.failed_total_ns
+        counts = self.histogram.counts
+        for bucket, weight in summary.buckets:
+            counts[bucket] = counts.get(bucket, 0.0) + weight
+
     def add(self, ok: Sequence[int], failed: Sequence[int]) -> None:
         """Fold in a batch: exact fields with C-level builtins, percentiles by sampling."""
         for durations, is_failed in ((ok, False), (failed, True)):
             if not durations:
                 continue
-            low, high = min(durations), max(durations)
-            if self.count:
-                self.min_ns = min(self.min_ns, low)
-                self.max_ns = max(self.max_ns, high)
-            else:
-                self.min_ns, self.max_ns = low, high
+            self._extremes(min(durations), max(durations))
             self.count += len(durations)
             if is_failed:
                 self.failed += len(durations)
@@ -227,13 +223,20 @@ class TimingPlugin(Plugin):
         chosen = self.report or context.report
         self.path = os.path.abspath(chosen) if chosen else None
 
-    def on_timings(self, joinpoint: JoinPoint, ok: list[int], failed: list[int]) -> None:
+    def _stats(self, joinpoint: JoinPoint) -> ComponentStats:
         key = (joinpoint.aspect, joinpoint.name)
+        stats = self._components.get(key)
+        if stats is None:
+            stats = self._components[key] = ComponentStats(joinpoint)
+        return stats
+
+    def on_timings(self, joinpoint: JoinPoint, ok: list[int], failed: list[int]) -> None:
         with self._lock:
-            stats = self._components.get(key)
-            if stats is None:
-                stats = self._components[key] = ComponentStats(joinpoint)
-            stats.add(ok, failed)
+            self._stats(joinpoint).add(ok, failed)
+
+    def on_summary(self, joinpoint: JoinPoint, summary: TimingSummary) -> None:
+        with self._lock:
+            self._stats(joinpoint).add_summary(summary)
 
     def build_report(self) -> dict[str, Any]:
         """The report so far, components by ``total_ns`` descending."""

@@ -24,6 +24,7 @@ varnames, first line and each original instruction's line stay as they were.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from types import CodeType
 from typing import Callable, Optional
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 CO_OPTIMIZED = 0x0001
 CO_VARARGS = 0x0004
 CO_VARKEYWORDS = 0x0008
+# Generators, coroutines, async generators: their calls interleave on a thread.
+_SUSPENDING = 0x0020 | 0x0080 | 0x0100 | 0x0200
 
 Resolver = Callable[[CodeType, str], Optional[Probe]]
 """Given a function's code object and its ``__qualname__``, the probe to weave in, or None."""
@@ -71,18 +74,26 @@ def is_join_point(code: CodeType) -> bool:
     return not name.startswith("<") or name == "<lambda>"
 
 
-def is_woven(code: CodeType) -> bool:
-    """Whether ``code`` already reports to a probe (so it is never woven twice)."""
-    return any(isinstance(getattr(c, "__self__", None), Probe) for c in code.co_consts)
+_woven: dict[int, tuple[weakref.ref[CodeType], Probe]] = {}
+"""Woven code objects (by id, with a weak reference to tell a reused id) and their probes."""
+
+
+def _register(code: CodeType, probe: Probe) -> None:
+    key = id(code)
+    _woven[key] = (weakref.ref(code, lambda _ref: _woven.pop(key, None)), probe)
 
 
 def probe_of(code: CodeType) -> Probe | None:
-    """The probe woven into ``code``, if any."""
-    for const in code.co_consts:
-        owner = getattr(const, "__self__", None)
-        if isinstance(owner, Probe):
-            return owner
+    """The probe woven into ``code``, if it is woven code."""
+    entry = _woven.get(id(code))
+    if entry is not None and entry[0]() is code:
+        return entry[1]
     return None
+
+
+def is_woven(code: CodeType) -> bool:
+    """Whether ``code`` already reports to a probe (so it is never woven twice)."""
+    return probe_of(code) is not None
 
 
 def _child_qualname(parent: CodeType, parent_qualname: str, child: CodeType) -> str:
@@ -180,7 +191,8 @@ def weave_code(code: CodeType, probe: Probe) -> CodeType:
     start = _body_start(items)
     handler = Label()
     out: list[object] = items[:start]
-    prologue = templates.entry(probe, _param_loader(code, probe))
+    generator = bool(code.co_flags & _SUSPENDING)
+    prologue = templates.entry(probe, _param_loader(code, probe), generator)
     if not env.EXCEPTION_TABLE:
         prologue += templates.open_block(handler)
     if not env.NO_LOCATION:  # 3.9: part of the first line, so it starts no line of its own
@@ -245,4 +257,5 @@ def weave_code(code: CodeType, probe: Probe) -> CodeType:
         raise WeaveError(f"cannot assemble the woven bytecode: {exc}") from exc
     if woven.co_flags != code.co_flags:
         woven = woven.replace(co_flags=code.co_flags)
+    _register(woven, probe)
     return woven

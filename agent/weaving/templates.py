@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from bytecode import CellVar, Instr, Label
 
+from agent import speedups
 from agent.events import Probe
 from agent.weaving import env
 
@@ -97,11 +98,22 @@ def load_param(name: str | None, cell: bool) -> list[Instr]:
     return [_i("LOAD_FAST", name)]
 
 
-def entry(probe: Probe, param: list[Instr]) -> list[Instr]:
+def entry(probe: Probe, param: list[Instr], generator: bool) -> list[Instr]:
     """Push the token; the caller opens the protected region right after."""
     if probe.steps_mode:
         return _push(probe.enter) + param + _call(1)
+    if probe.recorder is not None:
+        return _push(speedups.entry(generator)) + _call(0)
     return _push(_clock) + _call(0)
+
+
+def _leave(probe: Probe) -> Any:
+    """What consumes the token at a normal exit, unless timing inline (None)."""
+    if probe.steps_mode:
+        return probe.leave
+    if probe.recorder is not None:
+        return probe.recorder.leave
+    return None
 
 
 def open_block(handler: Label) -> list[Instr]:
@@ -111,10 +123,11 @@ def open_block(handler: Label) -> list[Instr]:
 
 def before_return(probe: Probe) -> list[Instr]:
     """``[token, value]`` -> ``[value]``, recording a normal exit."""
+    leave = _leave(probe)
     if env.EXCEPTION_TABLE:
-        if probe.steps_mode:
+        if leave is not None:
             # [tok, v, <leave>] tok is 4 deep (the pushed callable takes two slots)
-            body = _push(probe.leave) + [_i("COPY", 4)] + _call(1)
+            body = _push(leave) + [_i("COPY", 4)] + _call(1)
         else:
             # [t0, v, <append>, now]: t0 is 5 deep
             body = (
@@ -126,8 +139,8 @@ def before_return(probe: Probe) -> list[Instr]:
             )
         return body + [_i("POP_TOP"), _i("SWAP", 2), _i("POP_TOP")]
     prologue = [_i("POP_BLOCK"), _i("ROT_TWO")]  # leave our block; [v, token]
-    if probe.steps_mode:
-        body = [_i("LOAD_CONST", probe.leave), _i("ROT_TWO")] + _call(1)
+    if leave is not None:
+        body = [_i("LOAD_CONST", leave), _i("ROT_TWO")] + _call(1)
     else:
         body = (
             [_i("LOAD_CONST", _clock)]
@@ -140,7 +153,12 @@ def before_return(probe: Probe) -> list[Instr]:
 
 def handler(probe: Probe) -> list[Instr]:
     """The catch-all handler: record the failure, re-raise the same exception."""
-    fail = probe.fail if probe.steps_mode else probe.fail_timed
+    if probe.steps_mode:
+        fail = probe.fail
+    elif probe.recorder is not None:
+        fail = probe.recorder.fail
+    else:
+        fail = probe.fail_timed
     if env.EXCEPTION_TABLE:
         # [tok, lasti, exc, <fail>]: tok is 5 deep, then exc is 4 deep.
         return (

@@ -13,17 +13,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent import speedups
 from agent.events import JoinPoint
 from agent.plugins import AgentContext, PluginSet, timing
 from agent.plugins.timing import (
     SAMPLE_LIMIT,
     ComponentStats,
     TimingPlugin,
-    bucket_bounds,
-    bucket_of,
     sample,
     write_report,
 )
+from agent.stats import bucket_bounds, bucket_of
 
 FLOW = JoinPoint("workflows", "workflow", "shop.flows.OrderWorkflow.on_message")
 SERVICE = JoinPoint("services", "service", "shop.services.Pay.do_service")
@@ -265,12 +265,13 @@ def test_write_failure_is_logged_not_raised(
     assert not path.parent.exists()
 
 
-def test_end_to_end_through_plugin_set(tmp_path: Path) -> None:
+def test_end_to_end_through_plugin_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(speedups, "available", lambda: False)  # the pure-Python path
     path = tmp_path / "stats.json"
     plugin_set = PluginSet([TimingPlugin()])
     plugin_set.start(AgentContext("3.13.0", "monitoring", report=str(path)))
     probe = plugin_set.probe_for(FLOW)
-    assert probe is not None and not probe.steps_mode
+    assert probe is not None and not probe.steps_mode and probe.recorder is None
     for duration in range(1, 1001):  # what timing-mode woven code does
         probe.ok_append(duration)
     probe.failed_append(5_000)
@@ -280,3 +281,29 @@ def test_end_to_end_through_plugin_set(tmp_path: Path) -> None:
     assert component["total_ns"] == sum(range(1, 1001)) + 5_000
     assert abs(component["p50_ns"] - 501) <= 501 * TOLERANCE
     assert os.listdir(tmp_path) == ["stats.json"]
+
+
+@pytest.mark.skipif(not speedups.available(), reason="the C accelerator is not built here")
+def test_end_to_end_on_the_c_path(tmp_path: Path) -> None:
+    from agent.weaving.rewrite import weave_code
+
+    def work(x: int) -> int:
+        if x < 0:
+            raise ValueError(x)
+        return sum(range(x))
+
+    path = tmp_path / "stats.json"
+    plugin_set = PluginSet([TimingPlugin()])
+    plugin_set.start(AgentContext("3.13.0", "bytecode", report=str(path)))
+    probe = plugin_set.probe_for(FLOW)
+    assert probe is not None and probe.recorder is not None
+    work.__code__ = weave_code(work.__code__, probe)
+    for x in range(1000):
+        work(x % 50)
+    with pytest.raises(ValueError):
+        work(-1)
+    plugin_set.stop()
+    (component,) = json.loads(path.read_text(encoding="utf-8"))["components"]
+    assert (component["count"], component["failed"]) == (1001, 1)
+    assert 0 < component["min_ns"] <= component["p50_ns"] <= component["p99_ns"]
+    assert component["p99_ns"] <= component["max_ns"] <= component["total_ns"]

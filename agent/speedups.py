@@ -1,0 +1,133 @@
+"""The Python face of the C timing accelerator (``agent/_speedups.c``), and the fallback switch.
+
+Owns whether timing-mode probes run the C path, which clock it reads, and the
+conversion of its tick statistics into nanosecond :class:`TimingSummary` values.
+It does not decide which probes use it (``agent.plugins.PluginSet.probe_for``).
+
+Why C: a woven call in timing mode must cost no more than a do-nothing closure
+decorator. In pure Python the two ``perf_counter_ns()`` calls alone cost that
+much (each is a generic call plus an int allocation), before the duration is
+stored and later folded into statistics. The C path reads the clock, keeps the
+start in a per-thread slot (the token is a cached small int) and folds each
+duration into its join point's counters and histogram, allocating nothing.
+
+Clock: the time-stamp counter where the kernel trusts it as its own
+clocksource (``/sys/devices/system/clocksource/clocksource0/current_clocksource``
+is ``tsc``: invariant, synchronised across CPUs), else ``CLOCK_MONOTONIC``.
+Ticks become nanoseconds through a calibration against ``CLOCK_MONOTONIC`` that
+spans the whole run so far, so it gets more precise as the run goes on.
+
+``TWINWEAVE_PURE_PYTHON=1`` in the environment, or an install without a C
+compiler, leaves everything on the pure-Python path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, NamedTuple
+
+from agent.stats import bucket_bounds, bucket_of
+
+log = logging.getLogger(__name__)
+
+_CLOCKSOURCE = "/sys/devices/system/clocksource/clocksource0/current_clocksource"
+_MIN_CALIBRATION_NS = 2_000_000
+
+try:
+    if os.environ.get("TWINWEAVE_PURE_PYTHON"):
+        raise ImportError("TWINWEAVE_PURE_PYTHON is set")
+    from agent import _speedups
+except ImportError:
+    _speedups = None
+
+
+class TimingSummary(NamedTuple):
+    """What a join point's timing-mode calls came to since the last drain (ns)."""
+
+    ok: int
+    failed: int
+    ok_total_ns: int
+    failed_total_ns: int
+    min_ns: int
+    max_ns: int
+    buckets: list[tuple[int, int]]
+    """(bucket of :func:`agent.stats.bucket_of` in ns, number of calls), by bucket."""
+
+
+def _kernel_trusts_tsc() -> bool:
+    try:
+        with open(_CLOCKSOURCE, encoding="ascii") as handle:
+            return handle.read().strip() == "tsc"
+    except OSError:
+        return False
+
+
+CLOCK = "none"
+"""What the C path reads: ``"tsc"``, ``"monotonic"``, or ``"none"`` without the extension."""
+if _speedups is not None:
+    CLOCK = "tsc" if _speedups.use_tsc(_speedups.HAVE_TSC and _kernel_trusts_tsc()) else "monotonic"
+    _TICKS0, _NS0 = _speedups.ticks_and_ns()
+
+
+def available() -> bool:
+    """Whether timing-mode probes can use the C path."""
+    return _speedups is not None
+
+
+def recorder() -> Any:
+    """A new C recorder (one per join point)."""
+    if _speedups is None:
+        raise RuntimeError("the C accelerator is not built; check speedups.available() first")
+    return _speedups.Recorder()
+
+
+def entry(generator: bool) -> Any:
+    """The C function woven code calls at entry: ``enter_raw`` for generators and coroutines."""
+    if _speedups is None:
+        raise RuntimeError("the C accelerator is not built")
+    return _speedups.enter_raw if generator else _speedups.enter
+
+
+def ns_per_tick() -> float:
+    """Nanoseconds per clock tick, calibrated over the run so far."""
+    if CLOCK != "tsc":
+        return 1.0
+    ticks, ns = _speedups.ticks_and_ns()
+    while ns - _NS0 < _MIN_CALIBRATION_NS:  # only right after start-up: spin ~2 ms once
+        ticks, ns = _speedups.ticks_and_ns()
+    return (ns - _NS0) / (ticks - _TICKS0)
+
+
+def summary(rec: Any) -> TimingSummary | None:
+    """Take a recorder's statistics (resetting them) in nanoseconds; None if no call."""
+    ok, failed, ok_ticks, failed_ticks, low, high, tick_buckets = rec.take()
+    if not ok and not failed:
+        return None
+    scale = ns_per_tick()
+    buckets: dict[int, int] = {}
+    for bucket, count in tick_buckets:
+        first, last = bucket_bounds(bucket)
+        key = bucket_of(round((first + last) / 2 * scale))
+        buckets[key] = buckets.get(key, 0) + count
+    return TimingSummary(
+        ok,
+        failed,
+        round(ok_ticks * scale),
+        round(failed_ticks * scale),
+        round(low * scale),
+        round(high * scale),
+        sorted(buckets.items()),
+    )
+
+
+def summarize(ok: list[int], failed: list[int]) -> TimingSummary:
+    """The summary of raw durations (for ``on_summary`` plugins on the Python path)."""
+    every = ok + failed
+    buckets: dict[int, int] = {}
+    for duration in every:
+        key = bucket_of(duration)
+        buckets[key] = buckets.get(key, 0) + 1
+    return TimingSummary(
+        len(ok), len(failed), sum(ok), sum(failed), min(every), max(every), sorted(buckets.items())
+    )
