@@ -68,7 +68,9 @@ class Agent:
         self.config = config
         self.report = report
         plugins, self.plugin_errors = build_plugins(config.plugins)
-        self.plugins = PluginSet(list(plugins) + list(extra_plugins), Dispatcher())
+        self.plugins = PluginSet(
+            list(plugins) + list(extra_plugins), Dispatcher(), accelerate=self.backend == "bytecode"
+        )
         self._probes: dict[tuple[str, str], Probe] = {}
         self._matched: dict[str, int] = {aspect.name: 0 for aspect in config.aspects}
         self._lock = threading.Lock()

@@ -338,6 +338,42 @@ def setup_twinweave_steps() -> Variant:
     )
 
 
+def setup_twinweave_monitoring() -> Variant:
+    """``f`` observed by the ``sys.monitoring`` backend (3.12+), timing plugin and drain on.
+
+    The row that ``--backend auto`` is decided by: the same plugins as
+    ``twinweave_timing``, with the calls reported by PEP 669 callbacks instead of
+    woven bytecode.
+    """
+    from agent.weaving.monitoring import MonitoringBackend
+
+    timing = TimingPlugin()
+    plugin_set = PluginSet([timing], accelerate=False)
+    plugin_set.start(CONTEXT)
+    probe = plugin_set.probe_for(BENCH_JOINPOINT)
+    assert probe is not None and probe.recorder is None
+    target = load_target()["f"]
+    code = target.__code__.replace(co_name=target.__code__.co_name)  # a code object of its own
+    fn = types.FunctionType(code, target.__globals__, "f")
+    backend = MonitoringBackend()
+    backend.start()
+    backend.register(code, probe)
+
+    def close() -> None:
+        backend.stop()
+        plugin_set.stop()
+
+    return Variant(
+        "twinweave_monitoring",
+        fn,
+        on_clock=plugin_set.drain,
+        close=close,
+        plugin_set=plugin_set,
+        timing=timing,
+        probe=probe,
+    )
+
+
 SETUPS: dict[str, Callable[[], Variant]] = {
     "empty_loop": setup_empty_loop,
     "bare": setup_bare,
@@ -349,6 +385,8 @@ SETUPS: dict[str, Callable[[], Variant]] = {
     "twinweave_timing_python": setup_twinweave_timing_python,
     "twinweave_steps": setup_twinweave_steps,
 }
+if sys.version_info >= (3, 12):  # before 3.12 there is no sys.monitoring: the row is missing
+    SETUPS["twinweave_monitoring"] = setup_twinweave_monitoring
 """Every row, in the order pyperf runs them."""
 
 DESCRIPTIONS = {
@@ -361,6 +399,7 @@ DESCRIPTIONS = {
     "perf_counter_ns_x2": "two perf_counter_ns() calls (no function call)",
     "twinweave_timing_python": "the same on the pure-Python path (no C accelerator)",
     "twinweave_steps": "f woven, steps mode, a Python on_step plugin",
+    "twinweave_monitoring": "f seen by the sys.monitoring backend, timing plugin on",
 }
 
 
@@ -487,6 +526,15 @@ def summarize(rows: dict[str, dict[str, Any]], unmatched_notes: dict[str, Any]) 
         "claim": claim,
     }
     summary["timing_path"] = speedups.CLOCK if speedups.available() else "python"
+    if "twinweave_monitoring" in rows:
+        faster = min(("twinweave_timing", "twinweave_monitoring"), key=lambda r: rows[r]["mean_ns"])
+        summary["backend_choice"] = {
+            "bytecode_ns": rows["twinweave_timing"]["mean_ns"],
+            "monitoring_ns": rows["twinweave_monitoring"]["mean_ns"],
+            "faster": "bytecode" if faster == "twinweave_timing" else "monitoring",
+        }
+    else:
+        summary["missing"] = ["twinweave_monitoring: sys.monitoring exists from Python 3.12"]
     if "twinweave_timing_python" in rows:
         summary["python_path_added"] = dict(
             _difference(rows["twinweave_timing_python"], rows["bare"]),
@@ -506,6 +554,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     added = summary["added_vs_bare"]
     ratios = summary["ratios"]
     claim = summary["claim"]
+    choice = summary.get("backend_choice")
     out: list[str] = [
         f"twinweave call overhead, {summary['implementation']} {summary['python']}: pyperf mean "
         f"(ns per call, +- sem), {summary['inner_loops']} calls per loop iteration; "
@@ -529,6 +578,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         figures.append(
             ("added(python path)", "twinweave_timing_python - bare", summary["python_path_added"])
         )
+    for missing in summary.get("missing", []):
+        out.append(f"{'(missing)':<26} {missing}")
     out.append("")
     for label, definition, figure in figures:
         out.append(
@@ -555,6 +606,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{_verdict(claim['unmatched_same_code'])}",
         f"claim on this Python: {_verdict(claim['holds'])}",
     ]
+    if choice is not None:
+        out.append(
+            f"--backend auto: bytecode {choice['bytecode_ns']:.1f} ns vs monitoring "
+            f"{choice['monitoring_ns']:.1f} ns per call: {choice['faster']} is faster"
+        )
     return "\n".join(out)
 
 

@@ -388,8 +388,13 @@ class PluginSet:
     (their errors stay isolated), so start first.
     """
 
-    def __init__(self, plugins: Sequence[Any], dispatcher: Dispatcher | None = None) -> None:
+    def __init__(
+        self, plugins: Sequence[Any], dispatcher: Dispatcher | None = None, accelerate: bool = True
+    ) -> None:
         self.dispatcher = dispatcher if dispatcher is not None else Dispatcher()
+        # Whether timing-mode probes may be timed by the C accelerator: only code the
+        # bytecode backend wove calls it; the monitoring backend feeds the lists.
+        self.accelerate = accelerate
         self._members: list[_Member] = []
         used: dict[str, int] = {}
         for plugin in plugins:
@@ -452,7 +457,8 @@ class PluginSet:
             if not (starts or steps or raw or summaries):
                 return None
             recorder = None
-            if summaries and not (starts or steps or raw_only) and speedups.available():
+            accelerated = self.accelerate and speedups.available()
+            if summaries and not (starts or steps or raw_only) and accelerated:
                 recorder = speedups.recorder()
                 raw = []
             probe = Probe(joinpoint, self.dispatcher, starts, steps, recorder)
