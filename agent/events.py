@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,8 @@ class JoinPoint:
     """Dotted path from a parameter name (``message.unique_id``), or ``None``."""
 
 
-@dataclass(frozen=True)
-class StartEvent:
-    """A woven call has started (steps mode only)."""
+class StartEvent(NamedTuple):
+    """A woven call has started (steps mode only). Immutable; fields by name."""
 
     joinpoint: JoinPoint
     message_id: str | None
@@ -71,9 +70,12 @@ class StartEvent:
     """Position of this step within its message (0 for the first), or -1 without a message."""
 
 
-@dataclass(frozen=True)
-class Step:
-    """A completed woven call: Interlok's ProcessStep, in Python."""
+class Step(NamedTuple):
+    """A completed woven call: Interlok's ProcessStep, in Python. Immutable; fields by name.
+
+    A named tuple rather than a dataclass: one is built per call in steps mode,
+    and a frozen dataclass costs several times more to build.
+    """
 
     aspect: str
     type: str
