@@ -27,7 +27,9 @@ a duration plus its 7 leading bits):
 
 Options (attributes of ``<plugin name="timing" .../>``): ``report``, the JSON file
 to write at stop. It wins over ``--report FILE``; without either, the table is
-logged at INFO. A relative path is taken from the working directory at start.
+logged at INFO. A relative path is taken from the working directory at start;
+``{pid}`` in it becomes the process id (child processes that inherit
+``AGENT_POINTCUTS`` would otherwise overwrite each other's report).
 """
 
 from __future__ import annotations
@@ -221,7 +223,8 @@ class TimingPlugin(Plugin):
         self._python = context.python
         self._backend = context.backend
         chosen = self.report or context.report
-        self.path = os.path.abspath(chosen) if chosen else None
+        # "{pid}" in the name keeps the reports of processes sharing a pointcut file apart.
+        self.path = os.path.abspath(chosen.replace("{pid}", str(os.getpid()))) if chosen else None
 
     def _stats(self, joinpoint: JoinPoint) -> ComponentStats:
         key = (joinpoint.aspect, joinpoint.name)

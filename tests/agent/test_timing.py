@@ -307,3 +307,9 @@ def test_end_to_end_on_the_c_path(tmp_path: Path) -> None:
     assert (component["count"], component["failed"]) == (1001, 1)
     assert 0 < component["min_ns"] <= component["p50_ns"] <= component["p99_ns"]
     assert component["p99_ns"] <= component["max_ns"] <= component["total_ns"]
+
+
+def test_report_path_takes_the_process_id(tmp_path: Path) -> None:
+    plugin = TimingPlugin(report=str(tmp_path / "stats-{pid}.json"))
+    plugin.start(CONTEXT)
+    assert plugin.path == str(tmp_path / f"stats-{os.getpid()}.json")
