@@ -204,25 +204,20 @@ def setup_perf_counter_ns_x2() -> Variant:
     return Variant("perf_counter_ns_x2", time.perf_counter_ns, body="fn(); fn()")
 
 
-def _timing_set() -> tuple[PluginSet, TimingPlugin]:
-    timing = TimingPlugin()
-    return PluginSet([timing]), timing
-
-
-def setup_twinweave_timing() -> Variant:
-    """A woven copy of ``f`` in timing mode, with the timing plugin and its drain thread running.
+def _timing_row(name: str, timing: TimingPlugin) -> Variant:
+    """A woven copy of ``f`` in timing mode, with ``timing`` and its drain thread running.
 
     Production order: the plugin set starts (``PluginSet.start`` starts the drain
     thread), then the weaver asks it for the probe. Every value ends with a
     synchronous drain inside the timed window, so the amortized drain cost of
     every call is in the figure whether or not the thread got to it first.
     """
-    plugin_set, timing = _timing_set()
+    plugin_set = PluginSet([timing])
     plugin_set.start(CONTEXT)
     probe = plugin_set.probe_for(BENCH_JOINPOINT)
     assert probe is not None and not probe.steps_mode
     return Variant(
-        "twinweave_timing",
+        name,
         woven_copy(load_target()["f"], probe),
         on_clock=plugin_set.drain,
         close=plugin_set.stop,
@@ -230,6 +225,11 @@ def setup_twinweave_timing() -> Variant:
         timing=timing,
         probe=probe,
     )
+
+
+def setup_twinweave_timing() -> Variant:
+    """``f`` woven in timing mode as the agent runs it (the C accelerator where built)."""
+    return _timing_row("twinweave_timing", TimingPlugin())
 
 
 class PythonPathTiming(TimingPlugin):
@@ -244,20 +244,9 @@ def setup_twinweave_timing_python() -> Variant:
     What runs where the C accelerator is not built (or ``TWINWEAVE_PURE_PYTHON``
     is set), measured in the same run for comparison.
     """
-    timing = PythonPathTiming()
-    plugin_set = PluginSet([timing])
-    plugin_set.start(CONTEXT)
-    probe = plugin_set.probe_for(BENCH_JOINPOINT)
-    assert probe is not None and not probe.steps_mode and probe.recorder is None
-    return Variant(
-        "twinweave_timing_python",
-        woven_copy(load_target()["f"], probe),
-        on_clock=plugin_set.drain,
-        close=plugin_set.stop,
-        plugin_set=plugin_set,
-        timing=timing,
-        probe=probe,
-    )
+    variant = _timing_row("twinweave_timing_python", PythonPathTiming())
+    assert variant.probe is not None and variant.probe.recorder is None
+    return variant
 
 
 def setup_twinweave_unmatched() -> Variant:

@@ -48,7 +48,7 @@ from types import CodeType, FrameType
 from typing import Any, Callable
 
 from agent.events import Probe
-from agent.weaving.rewrite import parameters
+from agent.weaving.rewrite import message_param
 
 log = logging.getLogger(__name__)
 
@@ -83,25 +83,10 @@ class _Target:
     def __init__(self, code: CodeType, probe: Probe) -> None:
         self.code = code
         self.probe = probe
-        self.param = _message_param(code, probe)
+        self.param = message_param(code, probe)
         self.steps = probe.steps_mode
         self.suspendable = bool(code.co_flags & _SUSPENDABLE)
         self.ok_append = probe.ok_append
-
-
-def _message_param(code: CodeType, probe: Probe) -> str | None:
-    """The parameter whose value :meth:`Probe.enter` gets, as the bytecode backend chooses it."""
-    name = probe.param
-    if name is not None and name not in parameters(code):
-        log.warning(
-            "aspect %s: %s has no parameter %r for message-id %r; its steps get no message id",
-            probe.joinpoint.aspect,
-            probe.joinpoint.name,
-            name,
-            probe.joinpoint.message_id,
-        )
-        return None
-    return name
 
 
 def _claim_tool_id() -> int:

@@ -162,7 +162,8 @@ def _body_start(items: list[object]) -> int:
     return 0
 
 
-def _param_loader(code: CodeType, probe: Probe) -> list[Instr]:
+def message_param(code: CodeType, probe: Probe) -> str | None:
+    """The parameter whose value :meth:`Probe.enter` gets, or None (warned) if it has none."""
     name = probe.param
     if name is not None and name not in parameters(code):
         log.warning(
@@ -172,7 +173,12 @@ def _param_loader(code: CodeType, probe: Probe) -> list[Instr]:
             name,
             probe.joinpoint.message_id,
         )
-        name = None
+        return None
+    return name
+
+
+def _param_loader(code: CodeType, probe: Probe) -> list[Instr]:
+    name = message_param(code, probe)
     return templates.load_param(name, name in code.co_cellvars)
 
 
