@@ -59,5 +59,9 @@ YIELD_VALUE_DEPTH = PY == (3, 12)
 RESUME_DEPTH1_MASK = 4 if PY >= (3, 13) else 0
 # sys.monitoring (PEP 669) exists from 3.12.
 HAS_MONITORING = PY >= (3, 12)
+# 3.10's ROT_N reaches the token under a block handler's six values, and its
+# RERAISE 1 restores the frame's line to where the exception came from; 3.9 has
+# neither, so there the handler drops the exception values and re-raises bare.
+HAS_ROT_N = PY == (3, 10)
 # 3.9 and 3.10 refuse more than 20 nested blocks (CO_MAXBLOCKS); the weaver adds one.
 MAX_BLOCKS = 20

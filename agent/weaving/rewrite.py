@@ -189,6 +189,9 @@ def weave_code(code: CodeType, probe: Probe) -> CodeType:
         bc = Bytecode.from_code(code)
     except Exception as exc:  # the library refuses code it cannot represent
         raise WeaveError(f"cannot decode the bytecode: {exc}") from exc
+    # The library numbers locals by first use after the arguments; seed it with every
+    # local in the compiler's order so co_varnames (and frame.f_locals) stay as they were.
+    bc.argnames = list(code.co_varnames)
     items: list[object] = list(bc)
     if not env.EXCEPTION_TABLE:
         setups = sum(1 for i in items if isinstance(i, Instr) and i.name in _BLOCK_SETUPS)

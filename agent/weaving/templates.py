@@ -18,9 +18,11 @@ Three templates per interpreter family:
 The handler differs most. With an exception table (3.11+) the handler starts with
 ``[token, lasti, exc]`` and ends in ``RERAISE 1``, which restores the frame's
 line to where the exception came from. With blocks (3.9, 3.10) it starts with
-``[token, 3 saved exc_info values, tb, value, type]``; the exception is also the
-"current" one there, so the template drops the triple, rotates the token up,
-hands it to the probe and re-raises with a bare ``raise``.
+``[token, 3 saved exc_info values, tb, value, type]`` and the exception is also
+the "current" one: 3.10 rotates the token up and back with ``ROT_N`` and ends in
+``RERAISE 1`` (which restores the line too); 3.9 drops the triple, rotates the
+token up with ``ROT_FOUR`` and re-raises with a bare ``raise``, so a frame that
+an exception left reports its last line there.
 """
 
 from __future__ import annotations
@@ -168,6 +170,14 @@ def handler(probe: Probe) -> list[Instr]:
             + [_i("POP_TOP"), _i("RERAISE", 1)]
         )
     # [tok, ptb, pval, ptype, tb, val, exc]: the exception is also sys.exc_info() here.
+    if env.HAS_ROT_N:
+        # Rotate the token up, hand a copy to the probe, rotate it back, RERAISE 1.
+        return (
+            [_i("ROT_N", 7)] * 6
+            + [_i("DUP_TOP"), _i("LOAD_CONST", fail), _i("ROT_TWO")]
+            + _call(1)
+            + [_i("POP_TOP"), _i("ROT_N", 7), _i("RERAISE", 1)]
+        )
     return (
         [_i("POP_TOP")] * 3
         + [_i("ROT_FOUR")] * 3  # [ptb, pval, ptype, tok]
