@@ -557,17 +557,17 @@ def test_every_function_of_real_modules_keeps_its_code_metadata(module_name):
     spec = importlib.util.find_spec(module_name)
     source = spec.loader.get_source(module_name)
     module_code = compile(source, spec.origin, "exec")
-    originals: Dict[str, CodeType] = {}
+    originals: dict[str, CodeType] = {}
 
-    def collect(code: CodeType, qualname: str) -> Optional[Probe]:
+    def collect(code: CodeType, qualname: str) -> Probe | None:
         originals[qualname] = code
         return timing_probe(qualname)
 
     woven_tree = weave_tree(module_code, "", collect)
     assert originals, "nothing was woven"
 
-    def walk(code: CodeType) -> List[CodeType]:
-        found: List[CodeType] = []
+    def walk(code: CodeType) -> list[CodeType]:
+        found: list[CodeType] = []
         for const in code.co_consts:
             if isinstance(const, CodeType):
                 found.append(const)
