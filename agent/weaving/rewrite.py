@@ -204,7 +204,9 @@ def weave_code(code: CodeType, probe: Probe) -> CodeType:
     prologue = templates.entry(probe, _param_loader(code, probe), generator)
     if not env.EXCEPTION_TABLE:
         prologue += templates.open_block(handler)
-    if not env.NO_LOCATION:  # 3.9: part of the first line, so it starts no line of its own
+    if not env.EXCEPTION_TABLE:
+        # 3.9/3.10: part of the first line, so it starts no line of its own, and a
+        # RecursionError from the entry call (C calls count there) names that line.
         first = next((i for i in items[start:] if isinstance(i, Instr)), None)
         if first is not None:
             templates.located(prologue, first)

@@ -27,6 +27,7 @@ an exception left reports its last line there.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any, Callable
 
@@ -153,35 +154,72 @@ def before_return(probe: Probe) -> list[Instr]:
     return prologue + body + [_i("POP_TOP")]
 
 
+def _inline_failure(probe: Probe) -> tuple[Any, Any]:
+    """Pure-Python timing: pick the list with C calls only, ``GeneratorExit`` being no failure.
+
+    Calling Python code here (a probe method) would show up in tracers and
+    profilers and could raise a new RecursionError at the recursion limit.
+    """
+    return {GeneratorExit: probe.ok_append}.get, probe.failed_append
+
+
+def _record_failure_blocks(probe: Probe) -> list[Instr]:
+    """3.9/3.10: record the failure of the call whose token is on top (consumed)."""
+    if probe.steps_mode or probe.recorder is not None:
+        fail = probe.fail if probe.steps_mode else probe.recorder.fail
+        return [_i("LOAD_CONST", fail), _i("ROT_TWO")] + _call(1) + [_i("POP_TOP")]
+    choose, failed_append = _inline_failure(probe)
+    return (
+        [_i("LOAD_CONST", choose), _i("LOAD_CONST", sys.exc_info)]
+        + _call(0)
+        + [_i("LOAD_CONST", 0), _i("BINARY_SUBSCR"), _i("LOAD_CONST", failed_append)]
+        + _call(2)  # [t0, append]
+        + [_i("ROT_TWO"), _i("LOAD_CONST", _clock)]
+        + _call(0)
+        + [_i("ROT_TWO"), _subtract()]
+        + _call(1)
+        + [_i("POP_TOP")]
+    )
+
+
 def handler(probe: Probe) -> list[Instr]:
     """The catch-all handler: record the failure, re-raise the same exception."""
-    if probe.steps_mode:
-        fail = probe.fail
-    elif probe.recorder is not None:
-        fail = probe.recorder.fail
-    else:
-        fail = probe.fail_timed
     if env.EXCEPTION_TABLE:
-        # [tok, lasti, exc, <fail>]: tok is 5 deep, then exc is 4 deep.
-        return (
-            _push(fail)
-            + [_i("COPY", 5), _i("COPY", 4)]
-            + _call(2)
-            + [_i("POP_TOP"), _i("RERAISE", 1)]
-        )
+        # [tok, lasti, exc]
+        if probe.steps_mode or probe.recorder is not None:
+            fail = probe.fail if probe.steps_mode else probe.recorder.fail
+            # [tok, lasti, exc, <fail>]: tok is 5 deep, then exc is 4 deep.
+            record = _push(fail) + [_i("COPY", 5), _i("COPY", 4)] + _call(2)
+        else:
+            choose, failed_append = _inline_failure(probe)
+            # append = choose(type(exc), failed_append); append(clock() - tok)
+            null_under = [_i("PUSH_NULL"), _i("SWAP", 2)] if env.NULL_BEFORE_CALLABLE else []
+            record = (
+                _push(choose)
+                + _push(type)
+                + [_i("COPY", 5)]
+                + _call(1)
+                + [_i("LOAD_CONST", failed_append)]
+                + _call(2)  # [tok, lasti, exc, append]
+                + (null_under or [_i("PUSH_NULL")])
+                + _push(_clock)
+                + _call(0)
+                + [_i("COPY", 6), _subtract()]
+                + _call(1)
+            )
+        return record + [_i("POP_TOP"), _i("RERAISE", 1)]
     # [tok, ptb, pval, ptype, tb, val, exc]: the exception is also sys.exc_info() here.
     if env.HAS_ROT_N:
-        # Rotate the token up, hand a copy to the probe, rotate it back, RERAISE 1.
+        # Rotate the token up, record with a copy, rotate it back, RERAISE 1.
         return (
             [_i("ROT_N", 7)] * 6
-            + [_i("DUP_TOP"), _i("LOAD_CONST", fail), _i("ROT_TWO")]
-            + _call(1)
-            + [_i("POP_TOP"), _i("ROT_N", 7), _i("RERAISE", 1)]
+            + [_i("DUP_TOP")]
+            + _record_failure_blocks(probe)
+            + [_i("ROT_N", 7), _i("RERAISE", 1)]
         )
     return (
         [_i("POP_TOP")] * 3
         + [_i("ROT_FOUR")] * 3  # [ptb, pval, ptype, tok]
-        + [_i("LOAD_CONST", fail), _i("ROT_TWO")]
-        + _call(1)
-        + [_i("POP_TOP"), _i("RAISE_VARARGS", 0)]
+        + _record_failure_blocks(probe)
+        + [_i("RAISE_VARARGS", 0)]
     )

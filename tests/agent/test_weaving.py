@@ -609,3 +609,32 @@ def test_frame_left_by_an_exception_reports_the_raising_line(restore):
         assert frame_line is not None  # 3.9: the handler's line (see templates)
     else:
         assert frame_line == expected
+
+
+def test_profilers_see_no_python_call_from_timing_code(restore):
+    """Timing mode calls only C functions, on the exception path too."""
+
+    def python_calls(fn: Callable[[], Any]) -> list[str]:
+        seen: list[str] = []
+
+        def profiler(frame, event, arg):
+            if event == "call":
+                seen.append(frame.f_code.co_name)
+
+        sys.setprofile(profiler)
+        try:
+            fn()
+        except Exception:
+            pass
+        finally:
+            sys.setprofile(None)
+        return seen
+
+    def call_all():
+        raises("ok")
+        raises("value")
+
+    before = python_calls(call_all)
+    restore(raises)
+    weave(raises, timing_probe())
+    assert python_calls(call_all) == before
