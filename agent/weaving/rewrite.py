@@ -211,13 +211,28 @@ def weave_code(code: CodeType, probe: Probe) -> CodeType:
         if first is not None:
             templates.located(prologue, first)
     out += prologue
-    # Inside one of the function's own exception-table ranges? (3.12 wraps a
-    # generator's whole body, prologue included, in one: PEP 479's StopIteration check.)
-    covered = False
+    # The function's own exception-table range we are in, if any (3.12 wraps a
+    # generator's whole body, prologue included, in one: PEP 479's StopIteration
+    # check). The library recomputes every range's stack depth as the lowest stack
+    # seen inside it, so no range may hold a return, after which the token is gone:
+    # a range that holds one is closed before the epilogue and reopened after it.
+    current = None
     for item in items[:start]:
-        if env.EXCEPTION_TABLE and isinstance(item, (TryBegin, TryEnd)):
-            covered = isinstance(item, TryBegin)
+        if env.EXCEPTION_TABLE and isinstance(item, TryBegin):
+            current = item
+        elif env.EXCEPTION_TABLE and isinstance(item, TryEnd):
+            current = None
+    reopen = None  # a range closed for a return, to reopen at the next instruction
     ours = None  # our open catch-all range, 3.11+
+    first = next((i for i in items[start:] if isinstance(i, (Instr, TryBegin))), None)
+    if env.EXCEPTION_TABLE and (current is not None or isinstance(first, TryBegin)):
+        # Our handler's depth is also computed as the lowest stack in its ranges;
+        # where the body starts inside one of the function's ranges, ours would only
+        # cover handler code, deeper than the token. A NOP at the token's depth fixes
+        # the minimum at 1.
+        ours = TryBegin(handler, push_lasti=True)
+        out += [ours, Instr("NOP", **templates.NOWHERE), TryEnd(ours)]
+        ours = None
 
     def close() -> None:
         nonlocal ours
@@ -226,20 +241,30 @@ def weave_code(code: CodeType, probe: Probe) -> CodeType:
             ours = None
 
     for item in items[start:]:
-        if env.EXCEPTION_TABLE and isinstance(item, (TryBegin, TryEnd)):
+        if env.EXCEPTION_TABLE and isinstance(item, TryBegin):
             close()
-            covered = isinstance(item, TryBegin)
-            if covered:
-                # The token sits under everything the body does, so every handler
-                # unwinds to one more item than the compiler said. (The library's
-                # own depth computation takes the minimum over the range, which a
-                # RETURN_VALUE inside it would drag below the token.)
-                item.stack_depth += 1
+            reopen = None
+            current = item
             out.append(item)
             continue
+        if env.EXCEPTION_TABLE and isinstance(item, TryEnd):
+            close()
+            if reopen is not None:  # the range ended right after the return
+                reopen = None
+            elif current is not None:
+                out.append(TryEnd(current))
+            current = None
+            continue
         if isinstance(item, Instr):
+            if reopen is not None:
+                current = TryBegin(reopen.target, reopen.push_lasti)
+                out.append(current)
+                reopen = None
             if item.name in ("RETURN_VALUE", "RETURN_CONST"):
                 close()
+                if current is not None:
+                    out.append(TryEnd(current))
+                    reopen, current = current, None
                 if item.name == "RETURN_CONST":
                     out.append(Instr("LOAD_CONST", item.arg, location=item.location))
                     item = Instr("RETURN_VALUE", location=item.location)
@@ -250,8 +275,8 @@ def weave_code(code: CodeType, probe: Probe) -> CodeType:
                 item = Instr("YIELD_VALUE", 2, location=item.location)
             elif item.name == "RESUME" and item.arg & env.RESUME_DEPTH1_MASK:
                 item = Instr("RESUME", item.arg & ~env.RESUME_DEPTH1_MASK, location=item.location)
-            if env.EXCEPTION_TABLE and not covered and ours is None:
-                ours = TryBegin(handler, push_lasti=True, stack_depth=1)
+            if env.EXCEPTION_TABLE and current is None and ours is None:
+                ours = TryBegin(handler, push_lasti=True)
                 out.append(ours)
         out.append(item)
     close()
@@ -260,10 +285,7 @@ def weave_code(code: CodeType, probe: Probe) -> CodeType:
     bc.clear()
     bc.extend(out)
     try:
-        if env.EXCEPTION_TABLE:
-            woven = bc.to_code(compute_exception_stack_depths=False)
-        else:
-            woven = bc.to_code()
+        woven = bc.to_code()
     except Exception as exc:
         raise WeaveError(f"cannot assemble the woven bytecode: {exc}") from exc
     if woven.co_flags != code.co_flags:

@@ -40,11 +40,11 @@ from agent.weaving import env
 if env.NO_LOCATION:
     from bytecode.instr import InstrLocation
 
-    _NOWHERE: Any = {"location": InstrLocation(None, None, None, None)}
+    NOWHERE: Any = {"location": InstrLocation(None, None, None, None)}
 else:
     # 3.9: an unset line inherits the previous instruction's, so inserted code
     # never starts a line of its own and fires no extra line events.
-    _NOWHERE = {}
+    NOWHERE = {}
 
 _NB_SUBTRACT = 10  # BINARY_OP's argument for "-" (3.11+)
 Clock = Callable[[], int]
@@ -56,8 +56,8 @@ _NO_ARG = object()
 
 def _i(name: str, arg: Any = _NO_ARG) -> Instr:
     if arg is _NO_ARG:
-        return Instr(name, **_NOWHERE)
-    return Instr(name, arg, **_NOWHERE)
+        return Instr(name, **NOWHERE)
+    return Instr(name, arg, **NOWHERE)
 
 
 def located(instrs: list[Instr], at: Instr) -> list[Instr]:

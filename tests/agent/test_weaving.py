@@ -576,6 +576,13 @@ def test_every_function_of_real_modules_keeps_its_code_metadata(module_name):
 
     woven_by_name = {probe_of(c).joinpoint.name: c for c in walk(woven_tree) if probe_of(c)}
     assert set(woven_by_name) == set(originals)
+    if env.EXCEPTION_TABLE:
+        # Every handler unwinds to one item more (the token) than the compiler said;
+        # the weaver's own handler keeps just the token.
+        for qualname, original in originals.items():
+            before = {e.depth + 1 for e in dis.Bytecode(original).exception_entries}
+            after = {e.depth for e in dis.Bytecode(woven_by_name[qualname]).exception_entries}
+            assert after == before | {1}, qualname
     for qualname, original in originals.items():
         woven = woven_by_name[qualname]
         for attr in (
@@ -638,3 +645,30 @@ def test_profilers_see_no_python_call_from_timing_code(restore):
     restore(raises)
     weave(raises, timing_probe())
     assert python_calls(call_all) == before
+
+
+def test_exception_through_with_in_a_closure(restore):
+    """Handler depths inside closures (a wrong one corrupts the stack and crashes)."""
+    import contextlib
+
+    def outer_with(func):
+        def inner(*args):
+            with contextlib.nullcontext():
+                return func(*args)
+
+        return inner
+
+    def boom(x):
+        raise LookupError(x)
+
+    for kind in PROBE_KINDS:
+        inner = outer_with(boom)
+        probe = weave(inner, make_probe(kind))
+        for _ in range(3):
+            with pytest.raises(LookupError):
+                inner(1)
+        assert outer_with(len).__code__ is not inner.__code__
+        ok = outer_with(len)
+        ok.__code__ = inner.__code__
+        assert ok("abc") == 3
+        assert len(probe.failed) == 3 and len(probe.ok) == 1
