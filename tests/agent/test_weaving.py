@@ -578,11 +578,11 @@ def test_every_function_of_real_modules_keeps_its_code_metadata(module_name):
     assert set(woven_by_name) == set(originals)
     if env.EXCEPTION_TABLE:
         # Every handler unwinds to one item more (the token) than the compiler said;
-        # the weaver's own handler keeps just the token.
+        # the weaver's own handler (absent where nothing can raise) keeps just the token.
         for qualname, original in originals.items():
             before = {e.depth + 1 for e in dis.Bytecode(original).exception_entries}
             after = {e.depth for e in dis.Bytecode(woven_by_name[qualname]).exception_entries}
-            assert after == before | {1}, qualname
+            assert before <= after <= before | {1}, qualname
     for qualname, original in originals.items():
         woven = woven_by_name[qualname]
         for attr in (
