@@ -186,7 +186,11 @@ def weave_code(code: CodeType, probe: Probe) -> CodeType:
     """Return a copy of the function code ``code`` that reports each call to ``probe``."""
     env.check_supported()
     try:
-        bc = Bytecode.from_code(code)
+        if env.EXCEPTION_TABLE:
+            # Keep the compiler's handler depths (by default the library zeroes them).
+            bc = Bytecode.from_code(code, conserve_exception_block_stackdepth=True)
+        else:
+            bc = Bytecode.from_code(code)
     except Exception as exc:  # the library refuses code it cannot represent
         raise WeaveError(f"cannot decode the bytecode: {exc}") from exc
     # The library numbers locals by first use after the arguments; seed it with every
@@ -211,28 +215,14 @@ def weave_code(code: CodeType, probe: Probe) -> CodeType:
         if first is not None:
             templates.located(prologue, first)
     out += prologue
-    # The function's own exception-table range we are in, if any (3.12 wraps a
-    # generator's whole body, prologue included, in one: PEP 479's StopIteration
-    # check). The library recomputes every range's stack depth as the lowest stack
-    # seen inside it, so no range may hold a return, after which the token is gone:
-    # a range that holds one is closed before the epilogue and reopened after it.
-    current = None
+    # Inside one of the function's own exception-table ranges? (3.12 wraps a
+    # generator's whole body, from before RESUME, in one: PEP 479's StopIteration check.)
+    covered = False
     for item in items[:start]:
-        if env.EXCEPTION_TABLE and isinstance(item, TryBegin):
-            current = item
-        elif env.EXCEPTION_TABLE and isinstance(item, TryEnd):
-            current = None
-    reopen = None  # a range closed for a return, to reopen at the next instruction
+        if env.EXCEPTION_TABLE and isinstance(item, (TryBegin, TryEnd)):
+            covered = isinstance(item, TryBegin)
     ours = None  # our open catch-all range, 3.11+
-    first = next((i for i in items[start:] if isinstance(i, (Instr, TryBegin))), None)
-    if env.EXCEPTION_TABLE and (current is not None or isinstance(first, TryBegin)):
-        # Our handler's depth is also computed as the lowest stack in its ranges;
-        # where the body starts inside one of the function's ranges, ours would only
-        # cover handler code, deeper than the token. A NOP at the token's depth fixes
-        # the minimum at 1.
-        ours = TryBegin(handler, push_lasti=True)
-        out += [ours, Instr("NOP", **templates.NOWHERE), TryEnd(ours)]
-        ours = None
+    deepened: set[int] = set()
 
     def close() -> None:
         nonlocal ours
@@ -241,30 +231,19 @@ def weave_code(code: CodeType, probe: Probe) -> CodeType:
             ours = None
 
     for item in items[start:]:
-        if env.EXCEPTION_TABLE and isinstance(item, TryBegin):
+        if env.EXCEPTION_TABLE and isinstance(item, (TryBegin, TryEnd)):
             close()
-            reopen = None
-            current = item
+            covered = isinstance(item, TryBegin)
+            if covered and id(item) not in deepened:
+                # The token sits under everything the body does, so every handler
+                # unwinds to one item more than the compiler said.
+                item.stack_depth += 1
+                deepened.add(id(item))
             out.append(item)
             continue
-        if env.EXCEPTION_TABLE and isinstance(item, TryEnd):
-            close()
-            if reopen is not None:  # the range ended right after the return
-                reopen = None
-            elif current is not None:
-                out.append(TryEnd(current))
-            current = None
-            continue
         if isinstance(item, Instr):
-            if reopen is not None:
-                current = TryBegin(reopen.target, reopen.push_lasti)
-                out.append(current)
-                reopen = None
             if item.name in ("RETURN_VALUE", "RETURN_CONST"):
                 close()
-                if current is not None:
-                    out.append(TryEnd(current))
-                    reopen, current = current, None
                 if item.name == "RETURN_CONST":
                     out.append(Instr("LOAD_CONST", item.arg, location=item.location))
                     item = Instr("RETURN_VALUE", location=item.location)
@@ -275,8 +254,8 @@ def weave_code(code: CodeType, probe: Probe) -> CodeType:
                 item = Instr("YIELD_VALUE", 2, location=item.location)
             elif item.name == "RESUME" and item.arg & env.RESUME_DEPTH1_MASK:
                 item = Instr("RESUME", item.arg & ~env.RESUME_DEPTH1_MASK, location=item.location)
-            if env.EXCEPTION_TABLE and current is None and ours is None:
-                ours = TryBegin(handler, push_lasti=True)
+            if env.EXCEPTION_TABLE and not covered and ours is None:
+                ours = TryBegin(handler, push_lasti=True, stack_depth=1)
                 out.append(ours)
         out.append(item)
     close()
@@ -285,7 +264,13 @@ def weave_code(code: CodeType, probe: Probe) -> CodeType:
     bc.clear()
     bc.extend(out)
     try:
-        woven = bc.to_code()
+        if env.EXCEPTION_TABLE:
+            # Depths as set above: the library's own recomputation takes the lowest
+            # stack inside each range, which is wrong for some nested handlers
+            # (a `raise` in a `finally` in an `except`) and for ranges that hold a return.
+            woven = bc.to_code(compute_exception_stack_depths=False)
+        else:
+            woven = bc.to_code()
     except Exception as exc:
         raise WeaveError(f"cannot assemble the woven bytecode: {exc}") from exc
     if woven.co_flags != code.co_flags:
