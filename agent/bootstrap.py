@@ -187,8 +187,32 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log what is woven")
     p.add_argument("-m", dest="module", metavar="MODULE", help="run a module as a script")
-    p.add_argument("target", nargs=argparse.REMAINDER, help="SCRIPT [ARGS...] (or ARGS with -m)")
+    p.add_argument("target", nargs="?", metavar="SCRIPT", help="the script to run")
+    p.add_argument("args", nargs="*", metavar="ARGS", help="its arguments (or the module's)")
     return p
+
+
+_VALUED = ("--pointcuts", "--config", "--backend", "--report")
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The bootstrap's own options, and the program's command line from SCRIPT or -m on.
+
+    As with ``python`` itself, everything after ``SCRIPT`` or ``-m MODULE`` belongs to
+    the program, options included (``-m json.tool -h`` is json.tool's help).
+    """
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--":
+            return argv[:index], argv[index + 1 :]
+        if arg == "-m" or (arg.startswith("-m") and not arg.startswith("--")):
+            end = index + 2 if arg == "-m" else index + 1
+            return argv[:end], argv[end:]
+        if not arg.startswith("-") or arg == "-":
+            return argv[:index], argv[index:]
+        index += 2 if arg in _VALUED else 1
+    return argv, []
 
 
 def _fail(message: str) -> NoReturn:
@@ -208,9 +232,12 @@ def load_config(path: str | None) -> AgentConfig | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    options = parser().parse_args(argv)
-    if options.module is None and not options.target:
-        parser().error("give a SCRIPT to run, or -m MODULE")
+    own, program = split_argv(sys.argv[1:] if argv is None else argv)
+    options = parser().parse_args(own)
+    if options.module is None:
+        if not program:
+            parser().error("give a SCRIPT to run, or -m MODULE")
+        options.target, program = program[0], program[1:]
     configure_logging(options.verbose)
     if options.failover:
         _fail("--failover is not available yet (the failover cluster is issue 3)")
@@ -224,9 +251,9 @@ def main(argv: list[str] | None = None) -> None:
         except (runtime.AgentError, RuntimeError) as exc:
             _fail(str(exc))
     if options.module is not None:
-        run_module(options.module, options.target)
+        run_module(options.module, program)
     else:
-        run_script(options.target[0], options.target[1:], agent)
+        run_script(options.target, program, agent)
 
 
 if __name__ == "__main__":

@@ -240,3 +240,21 @@ def test_children_get_the_agent_through_the_environment(project):
     assert result.returncode == 0, result.stderr
     assert "CHILD" in result.stdout
     assert components(project / "child.json")["app.Flow.on_message"]["count"] == 1
+
+
+def test_options_after_the_target_belong_to_the_program(project):
+    from agent.bootstrap import split_argv
+
+    assert split_argv(["--pointcuts", "a.xml", "-v", "app.py", "-v", "--report", "x"]) == (
+        ["--pointcuts", "a.xml", "-v"],
+        ["app.py", "-v", "--report", "x"],
+    )
+    assert split_argv(["--report=r.json", "-m", "json.tool", "-h"]) == (
+        ["--report=r.json", "-m", "json.tool"],
+        ["-h"],
+    )
+    assert split_argv(["-mjson.tool", "-q"]) == (["-mjson.tool"], ["-q"])
+    woven = bootstrap(project, "-m", "json.tool", "--help")
+    assert woven.returncode == 0, woven.stderr
+    assert "json.tool" in woven.stdout or "json" in woven.stdout
+    assert "twinweave agent" not in woven.stdout
