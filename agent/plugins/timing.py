@@ -103,7 +103,8 @@ class Histogram:
                 position += 1
             first, last = bucket_bounds(buckets[position][0])
             first, last = max(first, low), min(last, high)
-            results.append(first + (last - first) // 2)
+            # A bucket mapped from clock ticks may sit just outside [low, high]: clamp.
+            results.append(min(max(first + (last - first) // 2, low), high))
         return results
 
 
