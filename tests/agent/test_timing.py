@@ -313,3 +313,16 @@ def test_report_path_takes_the_process_id(tmp_path: Path) -> None:
     plugin = TimingPlugin(report=str(tmp_path / "stats-{pid}.json"))
     plugin.start(CONTEXT)
     assert plugin.path == str(tmp_path / f"stats-{os.getpid()}.json")
+
+
+def test_percentiles_stay_within_min_and_max() -> None:
+    from agent.speedups import TimingSummary
+    from agent.stats import bucket_of
+
+    stats = ComponentStats(FLOW)
+    # One call of 90.4 ms whose histogram bucket, mapped from clock ticks, fell just below.
+    stats.add_summary(
+        TimingSummary(1, 0, 90_400_000, 0, 90_400_000, 90_400_000, [(bucket_of(89_000_000), 1)])
+    )
+    report = stats.as_dict()
+    assert report["p50_ns"] == report["p99_ns"] == report["min_ns"] == 90_400_000
