@@ -204,18 +204,18 @@ def setup_perf_counter_ns_x2() -> Variant:
     return Variant("perf_counter_ns_x2", time.perf_counter_ns, body="fn(); fn()")
 
 
-def _timing_row(name: str, timing: TimingPlugin) -> Variant:
-    """A woven copy of ``f`` in timing mode, with ``timing`` and its drain thread running.
+def _woven_row(name: str, timing: TimingPlugin, *others: Any, **notes: Any) -> Variant:
+    """A woven copy of ``f`` with ``timing`` (and ``others``) and the drain thread running.
 
     Production order: the plugin set starts (``PluginSet.start`` starts the drain
     thread), then the weaver asks it for the probe. Every value ends with a
     synchronous drain inside the timed window, so the amortized drain cost of
     every call is in the figure whether or not the thread got to it first.
     """
-    plugin_set = PluginSet([timing])
+    plugin_set = PluginSet([timing, *others])
     plugin_set.start(CONTEXT)
     probe = plugin_set.probe_for(BENCH_JOINPOINT)
-    assert probe is not None and not probe.steps_mode
+    assert probe is not None
     return Variant(
         name,
         woven_copy(load_target()["f"], probe),
@@ -224,7 +224,15 @@ def _timing_row(name: str, timing: TimingPlugin) -> Variant:
         plugin_set=plugin_set,
         timing=timing,
         probe=probe,
+        notes=notes,
     )
+
+
+def _timing_row(name: str, timing: TimingPlugin) -> Variant:
+    """A :func:`_woven_row` in timing mode."""
+    variant = _woven_row(name, timing)
+    assert variant.probe is not None and not variant.probe.steps_mode
+    return variant
 
 
 def setup_twinweave_timing() -> Variant:
@@ -309,22 +317,10 @@ def setup_twinweave_timing_hook() -> Variant:
 
 def setup_twinweave_steps() -> Variant:
     """A woven copy of ``f`` in steps mode: a Python plugin's ``on_step`` gets every call."""
-    timing = TimingPlugin()
     counter = StepCounter()
-    plugin_set = PluginSet([timing, counter])
-    plugin_set.start(CONTEXT)
-    probe = plugin_set.probe_for(BENCH_JOINPOINT)
-    assert probe is not None and probe.steps_mode
-    return Variant(
-        "twinweave_steps",
-        woven_copy(load_target()["f"], probe),
-        on_clock=plugin_set.drain,
-        close=plugin_set.stop,
-        plugin_set=plugin_set,
-        timing=timing,
-        probe=probe,
-        notes={"counter": counter},
-    )
+    variant = _woven_row("twinweave_steps", TimingPlugin(), counter, counter=counter)
+    assert variant.probe is not None and variant.probe.steps_mode
+    return variant
 
 
 def setup_twinweave_monitoring() -> Variant:
