@@ -105,11 +105,6 @@ _current_message: contextvars.ContextVar[_MessageContext | None] = contextvars.C
 _dispatching = threading.local()
 
 
-def in_plugin() -> bool:
-    """True while the current thread runs plugin code (its calls are not profiled)."""
-    return getattr(_dispatching, "active", False)
-
-
 class Dispatcher:
     """Fans start events and steps out to plugin receivers, isolating failures.
 
