@@ -25,7 +25,7 @@ import os
 import runpy
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.machinery import SourceFileLoader
 from types import CodeType, ModuleType, TracebackType
 from typing import NoReturn
@@ -177,6 +177,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--failover", action="store_true", help="run as one node of a failover cluster")
     p.add_argument(
+        "-D",
+        dest="defines",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting of the config file (e.g. -D failover.delay=200)",
+    )
+    p.add_argument(
         "--backend",
         choices=runtime.BACKENDS,
         default="auto",
@@ -192,7 +200,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-_VALUED = ("--pointcuts", "--config", "--backend", "--report")
+_VALUED = ("--pointcuts", "--config", "--backend", "--report", "-D")
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -239,8 +247,7 @@ def main(argv: list[str] | None = None) -> None:
             parser().error("give a SCRIPT to run, or -m MODULE")
         options.target, program = program[0], program[1:]
     configure_logging(options.verbose)
-    if options.failover:
-        _fail("--failover is not available yet (the failover cluster is issue 3)")
+    settings = _failover_settings(options) if options.failover else None
     config = load_config(options.pointcuts)
     agent = None
     if config is None:
@@ -250,10 +257,41 @@ def main(argv: list[str] | None = None) -> None:
             agent = runtime.start(config, options.backend, options.report)
         except (runtime.AgentError, RuntimeError) as exc:
             _fail(str(exc))
-    if options.module is not None:
-        run_module(options.module, program)
+
+    def run_program() -> None:
+        if options.module is not None:
+            run_module(options.module, program)
+        else:
+            run_script(options.target, program, agent)
+
+    if settings is None:
+        run_program()
     else:
-        run_script(options.target, program, agent)
+        _run_failover(settings, run_program, options.verbose)
+
+
+def _failover_settings(options: argparse.Namespace) -> object:
+    from cluster.config import SettingsError, find_config, load_settings
+
+    try:
+        return load_settings(find_config(options.config), overrides=options.defines)
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
+def _run_failover(settings: object, run_program: Callable[[], None], verbose: bool) -> NoReturn:
+    """One node of the cluster: dormant until promoted, then the program (cluster.runner)."""
+    from cluster.home import HomeError
+    from cluster.runner import configure_logging as cluster_logging
+    from cluster.runner import run_node
+    from cluster.transport import TransportError
+
+    cluster_logging(verbose)
+    try:
+        status = run_node(settings, run_program)  # type: ignore[arg-type]
+    except (HomeError, TransportError) as exc:
+        _fail(str(exc))
+    sys.exit(status)
 
 
 if __name__ == "__main__":

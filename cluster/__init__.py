@@ -1,1 +1,73 @@
-"""Placeholder: see issues 3 and 4."""
+"""twinweave's failover cluster, and what an adapter may ask of it.
+
+Several instances of one adapter run as the nodes of a cluster; exactly one,
+the master, runs the adapter (``python -m agent.bootstrap --failover ...``).
+The package is split by concern: settings (``config``), the wire format
+(``protocol``), the sockets (``transport``), the election (``election``, a pure
+state machine), the node's folder and epoch (``home``), the loop around them
+(``manager``), zeroconf (``discovery``) and ``python -m cluster status``.
+
+For the adapter, this module answers a few questions; each works outside
+failover mode too, as if the process were a cluster of one::
+
+    import cluster
+    cluster.on_stop(poller.stop)      # called when the node stops or steps down
+    while not cluster.stopping():
+        if cluster.is_master():       # False as soon as the lease is in doubt
+            process(next_message())
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from cluster.manager import Node
+
+_node: Node | None = None
+
+
+def current() -> Node | None:
+    """The failover node of this process, or None outside failover mode."""
+    return _node
+
+
+def install(node: Node | None) -> None:
+    """Make ``node`` the one the module-level functions answer for (the bootstrap's job)."""
+    global _node
+    _node = node
+
+
+def is_master() -> bool:
+    """May this process do master work now? Always True outside failover mode."""
+    return _node is None or _node.is_master()
+
+
+def stopping() -> bool:
+    """True once the node has begun to stop (signal, demotion): finish up and return."""
+    return _node is not None and _node.stopping.is_set()
+
+
+def on_stop(hook: Callable[[], object]) -> None:
+    """Call ``hook`` (no arguments) when the node stops or steps down.
+
+    Hooks run one after another in a helper thread, within ``failover.stop-timeout``
+    in all; then the adapter, if still running, is interrupted with ``SystemExit``.
+    Outside failover mode the hook is never called by the cluster.
+    """
+    if _node is not None:
+        _node.on_stop(hook)
+
+
+def node_id() -> str:
+    """This node's id (outside failover mode: ``$TWINWEAVE_NODE_ID`` or the host name)."""
+    if _node is not None:
+        return _node.node_id
+    return os.environ.get("TWINWEAVE_NODE_ID") or socket.gethostname().split(".")[0]
+
+
+def epoch() -> int:
+    """The epoch this node is master of, or the last it followed (0 outside failover mode)."""
+    return 0 if _node is None else _node.machine.epoch

@@ -254,6 +254,10 @@ def test_options_after_the_target_belong_to_the_program(project):
         ["-h"],
     )
     assert split_argv(["-mjson.tool", "-q"]) == (["-mjson.tool"], ["-q"])
+    assert split_argv(["--failover", "-D", "failover.delay=200", "-Dfailover.ttl=0", "a.py"]) == (
+        ["--failover", "-D", "failover.delay=200", "-Dfailover.ttl=0"],
+        ["a.py"],
+    )
     woven = bootstrap(project, "-m", "json.tool", "--help")
     assert woven.returncode == 0, woven.stderr
     assert "json.tool" in woven.stdout or "json" in woven.stdout

@@ -1,0 +1,456 @@
+"""Who is master: the election as a pure state machine (packets and time in, actions out).
+
+Everything that decides a node's role lives here; nothing here touches a socket,
+a clock, a thread or a file. The driver (``cluster.manager``) feeds the machine
+the heartbeats it receives and the time, performs the actions it returns, in
+order, and calls :meth:`Election.tick` when :attr:`Election.deadline` comes.
+Because of that, whole clusters run in tests on a simulated clock and network
+(``tests/cluster/simnet.py``), with loss, delay, duplication, partitions and
+paused processes, hundreds of scenarios a second.
+
+Theory of operation
+-------------------
+Every node multicasts a heartbeat every ``delay``: its role, the epoch it holds
+(a master) or the highest it has seen (everyone else), its priority and the
+position of its replicated state. A node's life::
+
+    JOINING --window, no master--> CANDIDATE --its turn, still none--> MASTER
+       |                              ^   |                              |
+       +--hears a master--> SLAVE ----+   +--hears a master--> SLAVE     +--> STOPPED
+                                                                  (resign, demotion)
+
+- *Joining*: a starting node listens for ``retries * delay`` (the takeover
+  window); a running master is heard in that time and the node becomes its
+  slave. A node that comes back while a master runs therefore joins as a slave.
+- *Losing the master*: a slave that hears nothing from its master for
+  ``retries`` heartbeats (plus a quarter delay of slack), or hears it resign,
+  becomes a candidate.
+- *Candidates are staggered by rank* (as VRRP skews its timers): the live
+  candidates are ordered by replicated-state position, then priority, then node
+  id (smaller first), and the one of rank ``r`` claims ``r * delay / 2`` after
+  it lost the master, unless a master was heard meanwhile. The best one claims
+  first; the others hear it and follow. Nodes that start together elect the
+  same one, by that rule, never by luck.
+- *Promotion* takes ``max(every epoch seen) + 1``; the driver persists it
+  (:class:`PersistEpoch`) before anything is announced with it, so the epoch
+  survives restarts and never repeats on one node.
+- *Two masters meet* (a healed partition, a simultaneous claim): the higher
+  epoch wins; at equal epochs the higher priority, then the smaller node id.
+  Only the loser steps down. A master that hears any node report a higher epoch
+  than its own has been replaced and steps down too.
+- *Lease*: a master may act only while its last heartbeat is younger than the
+  takeover window; the earliest a slave can claim is one window after it
+  *received* that heartbeat. A master whose process was paused longer than
+  that finds its lease gone before it handles anything else, and steps down
+  (:meth:`Election.is_master` says so to any thread that asks).
+- Packets from one sender are applied in (incarnation, sequence) order; older
+  and duplicate ones are ignored, so a late heartbeat never resurrects a master
+  that has resigned.
+
+Not here: the wire format (``cluster.protocol``), sockets and timers
+(``cluster.manager``), persisting the epoch (the driver's job, told by
+:class:`PersistEpoch`).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import NamedTuple, Union
+
+from cluster.protocol import Heartbeat, Role
+
+
+class State(enum.Enum):
+    JOINING = "joining"
+    SLAVE = "slave"
+    CANDIDATE = "candidate"
+    MASTER = "master"
+    STOPPED = "stopped"
+
+
+# -- actions: what the driver must do, in the order given --------------------------------
+
+
+class Send(NamedTuple):
+    """Multicast a heartbeat now, with this role and epoch."""
+
+    role: Role
+    epoch: int
+
+
+class PersistEpoch(NamedTuple):
+    """Store ``epoch`` durably before performing the next action."""
+
+    epoch: int
+
+
+class Promote(NamedTuple):
+    """This node is master from now on, with ``epoch``: start the adapter."""
+
+    epoch: int
+    reason: str
+
+
+class Demote(NamedTuple):
+    """This node must stop being master (or stop altogether): run stop hooks, exit."""
+
+    reason: str
+
+
+class Follow(NamedTuple):
+    """This node now follows ``master`` (informational: logs, status, cache replication)."""
+
+    master: str
+    epoch: int
+
+
+class MasterLost(NamedTuple):
+    """The master went silent or resigned; an election is under way (informational)."""
+
+    master: str | None
+    reason: str
+
+
+Action = Union[Send, PersistEpoch, Promote, Demote, Follow, MasterLost]
+
+
+@dataclass
+class Peer:
+    """What this node last heard from another node."""
+
+    node_id: str
+    role: Role
+    epoch: int
+    priority: int
+    incarnation: int
+    seq: int
+    heard: float
+    data_epoch: int = 0
+    data_seq: int = 0
+    host: str = "0.0.0.0"
+    port: int = 0
+
+    def rank_key(self) -> tuple[int, int, int, str]:
+        return rank_key(self.data_epoch, self.data_seq, self.priority, self.node_id)
+
+
+def rank_key(data_epoch: int, data_seq: int, priority: int, node_id: str) -> tuple:
+    """Sort key of candidates: most up-to-date state, then priority, then smaller id, first."""
+    return (-data_epoch, -data_seq, -priority, node_id)
+
+
+def master_beats(a: tuple[int, int, str], b: tuple[int, int, str]) -> bool:
+    """Does master ``a`` = (epoch, priority, node_id) win against master ``b``?"""
+    if a[0] != b[0]:
+        return a[0] > b[0]
+    if a[1] != b[1]:
+        return a[1] > b[1]
+    return a[2] < b[2]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The clock rules, from ``failover.delay`` and ``failover.retries``."""
+
+    delay: float
+    retries: int
+
+    @property
+    def window(self) -> float:
+        """The takeover window: how long a master may be silent before slaves act."""
+        return self.delay * self.retries
+
+    @property
+    def slack(self) -> float:
+        """Tolerance for late heartbeats (scheduling, network) before a slave acts."""
+        return self.delay / 4
+
+    @property
+    def skew(self) -> float:
+        """Gap between two candidates' claims, by rank."""
+        return self.delay / 2
+
+
+class Election:
+    """One node's view of the election. Not thread-safe: one driver calls it."""
+
+    def __init__(
+        self,
+        node_id: str,
+        priority: int,
+        timing: Timing,
+        epoch: int = 0,
+        incarnation: int = 0,
+    ) -> None:
+        self.node_id = node_id
+        self.priority = priority
+        self.timing = timing
+        self.incarnation = incarnation
+        self.state = State.JOINING
+        #: the highest epoch this node has seen or held (persisted by the driver)
+        self.known_epoch = epoch
+        #: the epoch this node is master of, or the epoch of the master it follows
+        self.epoch = epoch
+        self.master: str | None = None
+        self.peers: dict[str, Peer] = {}
+        self.data_position: tuple[int, int] = (0, 0)
+        self.deadline = float("inf")
+        self.id_conflicts = 0
+        self._next_beat = float("inf")
+        self._lease_until = float("-inf")
+        self._master_heard = float("-inf")
+        self._lost_at = float("-inf")
+        self._joined_at = float("-inf")
+        self._last_echo = float("-inf")
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def start(self, now: float) -> list[Action]:
+        """The node starts: announce itself and listen for a master for one window."""
+        self.state = State.JOINING
+        self._joined_at = now
+        actions = self._beat(now)
+        self._reschedule(now)
+        return actions
+
+    def tick(self, now: float) -> list[Action]:
+        """Time has reached :attr:`deadline` (calling it early or late is harmless)."""
+        actions: list[Action] = []
+        if self._lease_lost(now, actions):
+            return actions
+        if self.state is State.JOINING and now >= self._joined_at + self.timing.window:
+            self._become_candidate(now, None, "no master heard since start", actions)
+        elif self.state is State.SLAVE:
+            if now >= self._master_heard + self.timing.window + self.timing.slack:
+                silent = now - self._master_heard
+                reason = f"no heartbeat from the master for {silent:.3f} s"
+                self._become_candidate(now, self.master, reason, actions)
+        if self.state is State.CANDIDATE and now >= self._claim_time(now):
+            self._promote(now, actions)
+        if self.state is not State.STOPPED and now >= self._next_beat:
+            actions.extend(self._beat(now))
+        self._forget_silent_peers(now)
+        self._reschedule(now)
+        return actions
+
+    def receive(self, hb: Heartbeat, now: float) -> list[Action]:
+        """A heartbeat of this cluster arrived (already decoded and authenticated)."""
+        actions: list[Action] = []
+        if self.state is State.STOPPED:
+            return actions
+        if self._lease_lost(now, actions):
+            return actions
+        if hb.node_id == self.node_id:
+            if hb.incarnation != self.incarnation:
+                self.id_conflicts += 1  # two live processes claim one id: the driver reports it
+            return actions
+        peer = self.peers.get(hb.node_id)
+        if peer is not None and (hb.incarnation, hb.seq) <= (peer.incarnation, peer.seq):
+            return actions  # a duplicate or a late packet: older news than we have
+        peer = self._record(hb, now)
+        if hb.epoch > self.known_epoch:
+            self.known_epoch = hb.epoch
+        handler = _TRANSITIONS.get((self.state, hb.role))
+        if handler is not None:
+            handler(self, peer, now, actions)
+        self._reschedule(now)
+        return actions
+
+    def stop(self, now: float) -> list[Action]:
+        """The node is stopping (SIGTERM, Ctrl-C, the adapter ended): resign, say goodbye."""
+        if self.state is State.STOPPED:
+            return []
+        epoch = self.epoch if self.state is State.MASTER else self.known_epoch
+        self.state = State.STOPPED
+        self.deadline = float("inf")
+        return [Send(Role.LEAVING, epoch)]
+
+    # -- questions -----------------------------------------------------------------------
+
+    def is_master(self, now: float) -> bool:
+        """May this node act as master now? False once the lease has run out."""
+        return self.state is State.MASTER and now <= self._lease_until
+
+    def role(self) -> Role:
+        return Role.MASTER if self.state is State.MASTER else Role.SLAVE
+
+    def live_peers(self, now: float) -> list[Peer]:
+        horizon = now - self.timing.window - self.timing.slack
+        return [p for p in self.peers.values() if p.heard >= horizon and p.role is not Role.LEAVING]
+
+    # -- transitions ---------------------------------------------------------------------
+
+    def _on_master_heartbeat(self, peer: Peer, now: float, actions: list[Action]) -> None:
+        """JOINING, SLAVE or CANDIDATE hears a master."""
+        if self.state is State.SLAVE and peer.node_id == self.master:
+            if peer.epoch >= self.epoch:
+                self.epoch = peer.epoch
+                self._master_heard = now
+            return
+        if peer.epoch < self.known_epoch:
+            return  # a stale master (a newer epoch exists): it will hear the new one and go
+        if self.state is State.SLAVE and self.master is not None:
+            current = self.peers.get(self.master)
+            if (
+                current is not None
+                and current.role is Role.MASTER
+                and now - self._master_heard < (self.timing.window)
+            ):
+                mine = (self.epoch, current.priority, current.node_id)
+                if not master_beats((peer.epoch, peer.priority, peer.node_id), mine):
+                    return  # our master wins the meeting; the other one will step down
+        self._follow(peer, now, actions)
+
+    def _on_leaving(self, peer: Peer, now: float, actions: list[Action]) -> None:
+        """Someone is going away; if it is our master, the election starts now."""
+        if self.state is State.SLAVE and peer.node_id == self.master:
+            reason = f"master {peer.node_id} resigned"
+            self._become_candidate(now, peer.node_id, reason, actions)
+            if now >= self._claim_time(now):
+                self._promote(now, actions)
+
+    def _master_meets_master(self, peer: Peer, now: float, actions: list[Action]) -> None:
+        """Two masters: the loser steps down, the winner makes itself heard at once."""
+        theirs = (peer.epoch, peer.priority, peer.node_id)
+        if master_beats(theirs, (self.epoch, self.priority, self.node_id)):
+            self._demote(
+                f"master {peer.node_id} holds epoch {peer.epoch} (ours {self.epoch}) and wins",
+                actions,
+            )
+        elif now - self._last_echo >= self.timing.skew:
+            self._last_echo = now
+            actions.extend(self._beat(now))
+
+    def _master_hears_node(self, peer: Peer, now: float, actions: list[Action]) -> None:
+        """A node reporting a newer epoch than ours means we were replaced."""
+        if peer.epoch > self.epoch:
+            self._demote(
+                f"node {peer.node_id} reports epoch {peer.epoch}, newer than ours ({self.epoch})",
+                actions,
+            )
+
+    def _candidate_hears_leaving(self, peer: Peer, now: float, actions: list[Action]) -> None:
+        """A better-ranked candidate left: our turn may have come."""
+        if now >= self._claim_time(now):
+            self._promote(now, actions)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _follow(self, peer: Peer, now: float, actions: list[Action]) -> None:
+        changed = self.master != peer.node_id or self.state is not State.SLAVE
+        self.state = State.SLAVE
+        self.master = peer.node_id
+        self.epoch = peer.epoch
+        self._master_heard = now
+        if changed:
+            actions.append(Follow(peer.node_id, peer.epoch))
+
+    def _become_candidate(
+        self, now: float, master: str | None, reason: str, actions: list[Action]
+    ) -> None:
+        self.state = State.CANDIDATE
+        self._lost_at = now
+        if master is not None:
+            lost = self.peers.get(master)
+            if lost is not None:
+                lost.role = Role.LEAVING  # out of the ranking: it is what we are replacing
+        self.master = None
+        actions.append(MasterLost(master, reason))
+
+    def _rank(self, now: float) -> int:
+        mine = rank_key(*self.data_position, self.priority, self.node_id)
+        return sum(1 for p in self.live_peers(now) if p.rank_key() < mine)
+
+    def _claim_time(self, now: float) -> float:
+        return self._lost_at + self._rank(now) * self.timing.skew
+
+    def _promote(self, now: float, actions: list[Action]) -> None:
+        epoch = max([self.known_epoch, *(p.epoch for p in self.peers.values())]) + 1
+        self.state = State.MASTER
+        self.master = self.node_id
+        self.epoch = self.known_epoch = epoch
+        rank = self._rank(now)
+        actions.append(PersistEpoch(epoch))
+        actions.append(Promote(epoch, f"rank {rank} among {len(self.live_peers(now)) + 1} nodes"))
+        actions.extend(self._beat(now))
+        # say it twice: the next candidate claims one skew later unless it hears this
+        self._next_beat = now + self.timing.skew / 2
+
+    def _demote(self, reason: str, actions: list[Action]) -> None:
+        self.state = State.STOPPED
+        self.deadline = float("inf")
+        self._lease_until = float("-inf")
+        actions.append(Demote(reason))
+
+    def _lease_lost(self, now: float, actions: list[Action]) -> bool:
+        if self.state is State.MASTER and now > self._lease_until:
+            late = now - (self._lease_until - self.timing.window)
+            self._demote(
+                f"no heartbeat sent for {late:.3f} s, longer than the takeover window "
+                f"({self.timing.window:.3f} s): the process was paused or starved",
+                actions,
+            )
+            return True
+        return False
+
+    def _beat(self, now: float) -> list[Action]:
+        self._next_beat = now + self.timing.delay
+        if self.state is State.MASTER:
+            self._lease_until = now + self.timing.window
+            return [Send(Role.MASTER, self.epoch)]
+        return [Send(Role.SLAVE, self.known_epoch)]
+
+    def _record(self, hb: Heartbeat, now: float) -> Peer:
+        peer = self.peers.get(hb.node_id)
+        if peer is None:
+            peer = self.peers[hb.node_id] = Peer(
+                hb.node_id, hb.role, hb.epoch, hb.priority, hb.incarnation, hb.seq, now
+            )
+        peer.role, peer.epoch, peer.priority = hb.role, hb.epoch, hb.priority
+        peer.incarnation, peer.seq, peer.heard = hb.incarnation, hb.seq, now
+        peer.data_epoch, peer.data_seq = hb.data_epoch, hb.data_seq
+        peer.host, peer.port = hb.host, hb.port
+        return peer
+
+    def _forget_silent_peers(self, now: float) -> None:
+        horizon = now - 20 * self.timing.window
+        for node_id in [n for n, p in self.peers.items() if p.heard < horizon]:
+            del self.peers[node_id]
+
+    def _reschedule(self, now: float) -> None:
+        if self.state is State.STOPPED:
+            self.deadline = float("inf")
+            return
+        deadline = self._next_beat
+        if self.state is State.JOINING:
+            deadline = min(deadline, self._joined_at + self.timing.window)
+        elif self.state is State.SLAVE:
+            deadline = min(deadline, self._master_heard + self.timing.window + self.timing.slack)
+        elif self.state is State.CANDIDATE:
+            # peers only leave the ranking as time passes, so the claim time can only come
+            # sooner; the next heartbeat tick (at most one delay away) re-evaluates it
+            deadline = min(deadline, self._claim_time(now))
+        self.deadline = deadline
+
+
+def _ignore(machine: Election, peer: Peer, now: float, actions: list[Action]) -> None:
+    return None
+
+
+# (state, role heard) -> what happens. Heartbeats from nodes with a newer epoch than a
+# master's own are caught by _master_hears_node / _master_meets_master.
+_TRANSITIONS = {
+    (State.JOINING, Role.MASTER): Election._on_master_heartbeat,
+    (State.JOINING, Role.SLAVE): _ignore,
+    (State.JOINING, Role.LEAVING): _ignore,
+    (State.SLAVE, Role.MASTER): Election._on_master_heartbeat,
+    (State.SLAVE, Role.SLAVE): _ignore,
+    (State.SLAVE, Role.LEAVING): Election._on_leaving,
+    (State.CANDIDATE, Role.MASTER): Election._on_master_heartbeat,
+    (State.CANDIDATE, Role.SLAVE): _ignore,
+    (State.CANDIDATE, Role.LEAVING): Election._candidate_hears_leaving,
+    (State.MASTER, Role.MASTER): Election._master_meets_master,
+    (State.MASTER, Role.SLAVE): Election._master_hears_node,
+    (State.MASTER, Role.LEAVING): Election._master_hears_node,
+}
