@@ -25,12 +25,14 @@ position of its replicated state. A node's life::
 - *Losing the master*: a slave that hears nothing from its master for
   ``retries`` heartbeats (plus a quarter delay of slack), or hears it resign,
   becomes a candidate.
-- *Candidates are staggered by rank* (as VRRP skews its timers): the live
-  candidates are ordered by replicated-state position, then priority, then node
-  id (smaller first), and the one of rank ``r`` claims ``r * delay / 2`` after
-  it lost the master, unless a master was heard meanwhile. The best one claims
-  first; the others hear it and follow. Nodes that start together elect the
-  same one, by that rule, never by luck.
+- *Candidates are staggered by rank* (as VRRP skews its timers): a new
+  candidate sends a heartbeat at once, so that the others know its state's
+  position as it is now; a quarter delay later the live candidates are ordered
+  by that position (most up-to-date first: a write acknowledged by every live
+  slave is never lost), then priority, then node id (smaller first), and the one
+  of rank ``r`` claims ``r * delay / 2`` after that, unless a master was heard
+  meanwhile. The best one claims first; the others hear it and follow. Nodes
+  that start together elect the same one, by that rule, never by luck.
 - *Promotion* takes ``max(every epoch seen) + 1``; the driver persists it
   (:class:`PersistEpoch`) before anything is announced with it, so the epoch
   survives restarts and never repeats on one node.
@@ -170,6 +172,11 @@ class Timing:
     def skew(self) -> float:
         """Gap between two candidates' claims, by rank."""
         return self.delay / 2
+
+    @property
+    def settle(self) -> float:
+        """How long a new candidate waits for the others' fresh positions before ranking."""
+        return self.delay / 4
 
 
 class Election:
@@ -357,13 +364,16 @@ class Election:
                 lost.role = Role.LEAVING  # out of the ranking: it is what we are replacing
         self.master = None
         actions.append(MasterLost(master, reason))
+        # tell the others where our state stands now: heartbeats are up to a delay old, and
+        # the most up-to-date node must win (every candidate ranks after `settle`)
+        actions.extend(self._beat(now))
 
     def _rank(self, now: float) -> int:
         mine = rank_key(*self.data_position, self.priority, self.node_id)
         return sum(1 for p in self.live_peers(now) if p.rank_key() < mine)
 
     def _claim_time(self, now: float) -> float:
-        return self._lost_at + self._rank(now) * self.timing.skew
+        return self._lost_at + self.timing.settle + self._rank(now) * self.timing.skew
 
     def _promote(self, now: float, actions: list[Action]) -> None:
         epoch = max([self.known_epoch, *(p.epoch for p in self.peers.values())]) + 1

@@ -184,6 +184,8 @@ class SimNode:
             sent_ms=int(self.net.now * 1000),
             host="127.0.0.1",
             port=0,
+            data_epoch=self.machine.data_position[0] if self.machine else 0,
+            data_seq=self.machine.data_position[1] if self.machine else 0,
         )
 
 

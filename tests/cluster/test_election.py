@@ -46,10 +46,11 @@ def test_lone_node_listens_one_window_then_promotes_with_a_new_persisted_epoch()
     while m.state is not State.MASTER:
         t = m.deadline
         actions = m.tick(t)
-    assert t == pytest.approx(WINDOW)
-    assert kinds(actions) == [MasterLost, PersistEpoch, Promote, Send]
-    assert actions[1] == PersistEpoch(5)
-    assert actions[3] == Send(Role.MASTER, 5)
+    # one window of listening, then a quarter delay for the others' fresh positions
+    assert t == pytest.approx(WINDOW + TIMING.settle)
+    assert kinds(actions) == [PersistEpoch, Promote, Send]
+    assert actions[0] == PersistEpoch(5)
+    assert actions[2] == Send(Role.MASTER, 5)
     assert m.is_master(t)
 
 
@@ -68,9 +69,12 @@ def test_slave_stands_after_retries_missed_heartbeats_not_before():
     m.receive(hb("a", Role.MASTER, 1), 0.05)
     m.tick(0.05 + WINDOW)  # exactly `retries` delays: still within the slack
     assert m.state is State.SLAVE
-    actions = m.tick(0.05 + WINDOW + TIMING.slack)
+    lost = 0.05 + WINDOW + TIMING.slack
+    assert kinds(m.tick(lost)) == [MasterLost, Send]  # a fresh heartbeat: our position now
+    assert m.state is State.CANDIDATE
+    assert m.deadline == pytest.approx(lost + TIMING.settle)
+    m.tick(lost + TIMING.settle)
     assert m.state is State.MASTER
-    assert MasterLost in kinds(actions)
     assert m.epoch == 2
 
 
@@ -83,7 +87,7 @@ def test_ranked_candidates_claim_one_skew_apart():
     m.receive(hb("b", Role.SLAVE, 1, seq=2, priority=200), lost - 0.01)
     m.tick(lost)
     assert m.state is State.CANDIDATE
-    assert m.deadline == pytest.approx(lost + TIMING.skew)
+    assert m.deadline == pytest.approx(lost + TIMING.settle + TIMING.skew)
     # b (better priority) claims in time: c follows it instead of claiming
     actions = m.receive(hb("b", Role.MASTER, 2, seq=3, priority=200), lost + 0.01)
     assert actions == [Follow("b", 2)]
@@ -94,7 +98,9 @@ def test_resignation_starts_the_election_at_once():
     m.start(0.0)
     m.receive(hb("a", Role.MASTER, 3), 0.1)
     actions = m.receive(hb("a", Role.LEAVING, 3, seq=2), 0.5)
-    assert kinds(actions) == [MasterLost, PersistEpoch, Promote, Send]
+    assert kinds(actions) == [MasterLost, Send]
+    assert m.deadline == pytest.approx(0.5 + TIMING.settle)
+    assert kinds(m.tick(0.5 + TIMING.settle)) == [PersistEpoch, Promote, Send]
     assert m.epoch == 4
 
 
@@ -312,6 +318,28 @@ def test_partition_heals_and_only_the_loser_steps_down(seed):
     assert not [p for p in sim.promotions if p.at >= healed]
     episodes = [e for e in sim.episodes if e.end >= healed]
     assert all(e.end - healed <= DELAY + 0.01 for e in episodes)
+
+
+@pytest.mark.parametrize("how", ["kill", "terminate"])
+@pytest.mark.parametrize("seed", range(20))
+def test_the_most_up_to_date_slave_wins_even_if_its_last_heartbeat_was_behind(seed, how):
+    sim = cluster(4, seed, priorities=[100, 300, 200, 100])
+    sim.run_until(3.0)
+    old = sim.master()
+    slaves = [n for n in sim.nodes if n != old]
+    rng = random.Random(seed)
+    behind, ahead = rng.sample(slaves, 2)
+    for name in slaves:
+        sim.nodes[name].machine.data_position = (1, 50)
+    sim.run_until(3.5)  # everyone has reported (1, 50)
+    # the master streams more; `ahead` received it all, the others lag. No heartbeat has
+    # told anyone yet when the master dies
+    sim.nodes[ahead].machine.data_position = (1, 90)
+    sim.nodes[behind].machine.data_position = (1, 60)
+    getattr(sim.nodes[old], how)()
+    sim.run_until(6.0)
+    assert sim.master() == ahead
+    assert sim.settled() is None
 
 
 def test_restarted_old_master_joins_as_slave_and_keeps_its_epoch():
