@@ -254,7 +254,9 @@ def main(argv: list[str] | None = None) -> None:
         log.warning("no pointcut file (--pointcuts or AGENT_POINTCUTS): nothing is woven")
     else:
         try:
-            agent = runtime.start(config, options.backend, options.report)
+            agent = runtime.start(
+                config, options.backend, options.report, _failover_plugins(config, settings)
+            )
         except (runtime.AgentError, RuntimeError) as exc:
             _fail(str(exc))
 
@@ -268,6 +270,15 @@ def main(argv: list[str] | None = None) -> None:
         run_program()
     else:
         _run_failover(settings, run_program, options.verbose)
+
+
+def _failover_plugins(config: AgentConfig, settings: object) -> list[object]:
+    """Under --failover the failover plugin runs whether or not the pointcut file names it."""
+    if settings is None or any(spec.name == "failover" for spec in config.plugins):
+        return []
+    from agent.plugins.failover import FailoverPlugin
+
+    return [FailoverPlugin()]
 
 
 def _failover_settings(options: argparse.Namespace) -> object:

@@ -71,3 +71,16 @@ def node_id() -> str:
 def epoch() -> int:
     """The epoch this node is master of, or the last it followed (0 outside failover mode)."""
     return 0 if _node is None else _node.machine.epoch
+
+
+def inflight() -> list[dict]:
+    """What the previous master was processing when this node took over.
+
+    One dict per message its workflows had started and not finished (recorded by
+    the ``failover`` plugin in ``FAILOVER_CACHE``): ``message_id``, ``aspect``,
+    ``step``, ``start`` (Unix time), ``node``, ``epoch``. Redeliver them. Empty
+    outside failover mode, on a slave, or when nothing was in flight.
+    """
+    if _node is None:
+        return []
+    return [dict(entry) for entry in _node.inflight]

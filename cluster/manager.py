@@ -32,6 +32,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
+from cache.replica import Replica
+from cache.replication import Follower, Hub
 from cluster.config import Settings
 from cluster.election import (
     Action,
@@ -70,6 +72,11 @@ class Node:
         except Exception:
             self.home.release()
             raise
+        try:
+            self.replica = Replica(self.home.path)
+        except Exception:
+            self.home.release()
+            raise
         self.incarnation = time.time_ns()
         self.host = settings.interface_address()
         self.port = 0  # the replication endpoint, once the cache listens
@@ -81,8 +88,13 @@ class Node:
             epoch=epoch,
             incarnation=self.incarnation,
         )
+        self.machine.data_position = self.replica.position
         self.transport = None
         self.announcer = None
+        self.hub: Hub | None = None
+        self.follower: Follower | None = None
+        #: what the previous master was processing when this node was promoted
+        self.inflight: list[dict] = []
         self._seq = 0
         self._selector: selectors.BaseSelector | None = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -129,6 +141,7 @@ class Node:
         except Exception:
             self.home.release()
             raise
+        self._start_replication()
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.transport.fileno(), selectors.EVENT_READ)
         self._selector.register(self._wake_r.fileno(), selectors.EVENT_READ)
@@ -194,6 +207,11 @@ class Node:
         self._wake()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(2.0)
+        if self.follower is not None:
+            self.follower.stop()
+        if self.hub is not None:
+            self.hub.close()
+        self.replica.close()
         if self.announcer is not None:
             try:
                 self.announcer.close(0.5)  # goodbyes finish in the background
@@ -281,6 +299,7 @@ class Node:
                     return
             elif isinstance(action, Promote):
                 self.promoted_at = time.monotonic()
+                self._take_over(action.epoch)
                 log.info("Promoted to Master node (epoch %d, %s)", action.epoch, action.reason)
                 log.info("Failover Manager has been promoted")
                 self._announce("master", action.epoch)
@@ -288,11 +307,18 @@ class Node:
             elif isinstance(action, Demote):
                 log.warning("Demoted: %s", action.reason)
                 self.demoted = True
+                if self.hub is not None:
+                    self.hub.resign("the master stepped down")
                 self.request_stop(f"demoted: {action.reason}", EXIT_DEMOTED, resign=False)
             elif isinstance(action, Follow):
                 log.info("Following master %s (epoch %d)", action.master, action.epoch)
                 self._announce("slave", action.epoch)
+                peer = self.machine.peers.get(action.master)
+                if self.follower is not None and peer is not None and peer.port:
+                    self.follower.follow(peer.host, peer.port, action.epoch)
             elif isinstance(action, MasterLost):
+                if self.follower is not None:
+                    self.follower.detach()
                 if action.master is None:
                     log.info("No master: %s; standing for election", action.reason)
                 else:
@@ -393,6 +419,58 @@ class Node:
                     handler.flush()
                 os._exit(self.exit_status or EXIT_FAILED)
         self._stopped.set()
+
+    # -- replication -----------------------------------------------------------------------
+
+    @property
+    def replication(self) -> Node:
+        """What ``cache.get_cache`` needs: ``.replica`` and ``.hub`` (this node)."""
+        return self
+
+    def _start_replication(self) -> None:
+        s = self.settings
+        self.hub = Hub(
+            self.replica,
+            s.cluster,
+            self.node_id,
+            self.host,
+            s.secret,
+            ack_timeout=min(5.0, max(0.2, 2 * s.delay_s)),
+            is_master=self.is_master,
+            sync=s.replication == "sync",
+        )
+        self.port = self.hub.port
+        self.follower = Follower(
+            self.replica,
+            s.cluster,
+            self.node_id,
+            s.secret,
+            known_epoch=lambda: self.machine.known_epoch,
+            on_position=self._on_position,
+        )
+
+    def _on_position(self, position: tuple[int, int], in_sync: bool) -> None:
+        # a slave the master dropped ranks last until it has caught up again
+        self.machine.data_position = position if in_sync else (0, 0)
+
+    def _take_over(self, epoch: int) -> None:
+        """Promotion: stop applying the old stream, serve the new one, note what was in flight."""
+        if self.follower is not None:
+            self.follower.stop()
+        self.machine.data_position = self.replica.position
+        if self.hub is not None:
+            self.hub.serve(epoch)
+        from cache import FAILOVER_CACHE
+        from cache.store import decode_value
+
+        try:
+            store = self.replica.store(FAILOVER_CACHE)
+            self.inflight = [decode_value(value) for _, value, _ in store.items_encoded()]
+        except Exception:
+            log.exception("cannot read what the previous master had in flight")
+            self.inflight = []
+        if self.inflight:
+            log.info("the previous master had %d messages in flight", len(self.inflight))
 
     # -- zeroconf --------------------------------------------------------------------------
 

@@ -186,9 +186,18 @@ def test_resolve_builtin_timing() -> None:
     assert resolve("timing", None) is TimingPlugin
 
 
-def test_resolve_failover_is_not_available_yet() -> None:
-    with pytest.raises(PluginError, match="'failover' is not available yet"):
-        resolve("failover", None)
+def test_resolve_builtin_failover() -> None:
+    from agent.plugins.failover import FailoverPlugin
+
+    assert resolve("failover", None) is FailoverPlugin
+
+
+def test_builtin_missing_from_the_installation_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent import plugins
+
+    monkeypatch.setitem(plugins.BUILTIN, "future", "agent.plugins.twinweave_future:Future")
+    with pytest.raises(PluginError, match="'future' is not available yet"):
+        resolve("future", None)
 
 
 @pytest.mark.parametrize("old_api", [False, True], ids=["select-api", "dict-api-3.9"])
@@ -264,7 +273,7 @@ def test_build_plugins_skips_broken_factories_with_clear_errors(
         Spec(factory=f"{fake_module}:explode", line=13),
         Spec(factory=f"{fake_module}:make_none"),
         Spec(factory=f"{fake_module}:Recorder", options={"colour": "red"}),
-        Spec(name="failover", line=14),
+        Spec(name="no-such-plugin", line=14),
         Spec(name="timing", options={"report": "stats.json"}),
     ]
     with caplog.at_level(logging.ERROR, logger="agent.plugins"):
@@ -276,8 +285,8 @@ def test_build_plugins_skips_broken_factories_with_clear_errors(
     assert "RuntimeError: no database configured" in errors[1]
     assert "returned None" in errors[2]
     assert "colour" in errors[3]
-    assert "plugin 'failover' (pointcut file line 14)" in errors[4]
-    assert "not available yet" in errors[4]
+    assert "plugin 'no-such-plugin' (pointcut file line 14)" in errors[4]
+    assert "timing" in errors[4]  # the known names are listed
     logged = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert logged == errors
 

@@ -1,0 +1,85 @@
+"""The ``failover`` plugin: the master's in-flight messages, recorded in the replicated cache.
+
+Owns one thing: while this node is the master of a failover cluster, each
+workflow call that has a message id is written to ``FAILOVER_CACHE`` when it
+starts (message id, aspect, step, start time, node, epoch) and removed when it
+ends, returned or raised. The cache replicates it to the slaves, so a newly
+promoted master finds in ``cluster.inflight()`` what its predecessor was
+processing when it went. Outside failover mode, or on a node that is not the
+master, it records nothing. Under ``--failover`` the bootstrap adds it whether
+or not the pointcut file names it.
+
+Cost: two replicated cache writes per workflow call (synchronous by default:
+each waits for the live slaves), so use it on workflows (one call per
+message), not on hot inner functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from agent.events import JoinPoint, StartEvent, Step
+from agent.plugins import AgentContext, Plugin
+
+log = logging.getLogger(__name__)
+
+
+class FailoverPlugin(Plugin):
+    name = "failover"
+
+    def __init__(self, **options: str) -> None:
+        if options:
+            log.warning("the failover plugin takes no options; ignored: %s", sorted(options))
+        self._cache: Any = None
+        self._lock = threading.Lock()
+
+    def start(self, context: AgentContext) -> None:
+        pass
+
+    def accepts(self, joinpoint: JoinPoint) -> bool:
+        return joinpoint.type == "workflow"
+
+    def _store(self) -> Any:
+        import cluster
+
+        node = cluster.current()
+        if node is None or not node.is_master():
+            return None
+        if self._cache is None:
+            with self._lock:
+                if self._cache is None:
+                    from cache import FAILOVER_CACHE, get_cache
+
+                    self._cache = get_cache(FAILOVER_CACHE)
+        return self._cache
+
+    def on_start(self, event: StartEvent) -> None:
+        if event.message_id is None:
+            return
+        store = self._store()
+        if store is None:
+            return
+        import cluster
+
+        jp = event.joinpoint
+        store.set(
+            str(event.message_id),
+            {
+                "message_id": str(event.message_id),
+                "aspect": jp.aspect,
+                "step": jp.name,
+                "start": time.time(),
+                "node": cluster.node_id(),
+                "epoch": cluster.epoch(),
+            },
+        )
+
+    def on_step(self, step: Step) -> None:
+        if step.message_id is None:
+            return
+        store = self._store()
+        if store is not None:
+            store.delete(str(step.message_id))

@@ -1,0 +1,537 @@
+"""Replication over TCP: the master's hub streams changes, the slave's follower applies them.
+
+Owns the sockets and threads of replication around :class:`cache.replica.Replica`
+and the sans-I/O :mod:`cache.wire`:
+
+- :class:`Hub` (every node runs one; it serves only while its node is master)
+  accepts slaves, greets each with the changes it missed (from the log) or a
+  full snapshot, then streams every change, in order, tagged with the epoch and
+  a sequence number. A write (:meth:`Hub.write`) is applied locally, queued to
+  every slave, and, in ``sync`` mode, returns once every *live* slave (one that
+  has caught up) acknowledged it; a slave that does not answer within the ack
+  timeout is dropped (told so, disconnected) and catches up when it reconnects,
+  and the write still returns. Writers in several threads pipeline: their
+  changes go out in batches and one ack covers many.
+- :class:`Follower` (on a slave) connects to the master it follows, applies
+  what comes, acks it, refuses anything from an epoch older than the newest it
+  knows, and reconnects after a failure.
+
+Registering a slave and queuing a write happen under one lock, so a change
+made while a snapshot is being sent is queued after that snapshot: nothing
+lost, nothing reordered. Garbled, forged or out-of-order traffic ends the
+connection and is counted (``Hub.refused``, ``Follower.refused``).
+Not here: the election (``cluster``), the stores' encoding (``cache.store``).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cache.replica import Replica, ReplicaError
+from cache.wire import (
+    Ack,
+    Batch,
+    Hello,
+    Item,
+    Op,
+    Refuse,
+    Session,
+    SnapshotBegin,
+    SnapshotEnd,
+    Welcome,
+    WireError,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 512
+RECV_BYTES = 256 * 1024
+CONNECT_TIMEOUT_S = 2.0
+
+
+class NotMasterError(RuntimeError):
+    """A write on a node that is not the master (or no longer sure it is)."""
+
+
+class _Link:
+    """One slave connection, seen from the master."""
+
+    def __init__(self, hub: Hub, sock: socket.socket, address: Any) -> None:
+        self.hub = hub
+        self.sock = sock
+        self.address = address
+        self.session = Session(hub.secret, initiator=False)
+        self.node_id = "?"
+        self.queue: collections.deque = collections.deque()
+        self.acked = (0, 0)
+        self.target = (0, 0)  # live once it has acked this (the end of its catch-up)
+        self.live = False
+        self.closed = False
+        self.wake = threading.Condition(hub.lock)
+
+    # called under hub.lock
+    def enqueue(self, frame: object) -> None:
+        self.queue.append(frame)
+        self.wake.notify()
+
+    def close(self, reason: str, tell: bool = False) -> None:
+        with self.hub.lock:
+            if self.closed:
+                return
+            self.closed = True
+            self.live = False
+            if tell:
+                self.queue.clear()
+                self.queue.append(Refuse(reason))
+            self.wake.notify()
+            self.hub.cond.notify_all()
+            if self in self.hub.links:
+                self.hub.links.remove(self)
+        log.info("replication to %s (%s) closed: %s", self.node_id, self.address, reason)
+        if not tell:
+            _close(self.sock)
+
+    def send_loop(self) -> None:
+        try:
+            while True:
+                with self.hub.lock:
+                    while not self.queue and not self.closed:
+                        self.wake.wait()
+                    frames = []
+                    while self.queue and len(frames) < MAX_BATCH:
+                        frames.append(self.queue.popleft())
+                    finished = self.closed and not self.queue
+                data = b"".join(self.session.encode(f) for f in _batched(frames))
+                if data:
+                    self.sock.sendall(data)
+                if finished:
+                    break
+        except (OSError, WireError) as exc:
+            self.close(f"send failed: {exc}")
+        finally:
+            _close(self.sock)
+
+    def receive_loop(self) -> None:
+        try:
+            while not self.closed:
+                data = self.sock.recv(RECV_BYTES)
+                if not data:
+                    self.close("the slave disconnected")
+                    return
+                for frame in self.session.feed(data):
+                    self.hub._on_frame(self, frame)
+        except WireError as exc:
+            self.hub._count(exc.reason)
+            self.close(f"refused: {exc}")
+        except OSError as exc:
+            self.close(f"receive failed: {exc}")
+
+
+class Hub:
+    """The replication endpoint of one node; streams changes while the node is master."""
+
+    def __init__(
+        self,
+        replica: Replica,
+        cluster: str,
+        node_id: str,
+        host: str,
+        secret: bytes | None,
+        ack_timeout: float,
+        is_master: Callable[[], bool],
+        sync: bool = True,
+    ) -> None:
+        self.replica = replica
+        self.cluster = cluster
+        self.node_id = node_id
+        self.secret = secret
+        self.ack_timeout = ack_timeout
+        self.is_master = is_master
+        self.sync = sync
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
+        self.links: list[_Link] = []
+        self.epoch = 0  # set while serving as master
+        self.refused: collections.Counter[str] = collections.Counter()
+        self.dropped_slow = 0
+        self.snapshots = 0  # full snapshots sent (the rest caught up from the log)
+        self._listener = socket.create_server((host, 0))
+        self._listener.settimeout(0.5)
+        self.port = self._listener.getsockname()[1]
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._accept_loop, name="twinweave-repl", daemon=True
+        )
+        self._thread.start()
+
+    # -- master role -------------------------------------------------------------------------
+
+    def serve(self, epoch: int) -> None:
+        """This node is master with ``epoch`` from now on."""
+        with self.lock:
+            self.epoch = epoch
+
+    def resign(self, reason: str) -> None:
+        """Stop serving: every slave is told and disconnected."""
+        with self.lock:
+            self.epoch = 0
+            links = list(self.links)
+        for link in links:
+            link.close(reason, tell=True)
+
+    def write(self, op_fields: tuple) -> tuple[int, int]:
+        """Apply (kind, cache, key, value, expire_at) here, stream it, and in sync mode wait."""
+        kind, cache, key, value, expire_at = op_fields
+        with self.lock:
+            if not self.epoch or not self.is_master():
+                raise NotMasterError(
+                    "this node is not the master: only the master writes to the replicated "
+                    "cache (check cluster.is_master() first)"
+                )
+            epoch, seq = self.replica.next_position(self.epoch)
+            op = Op(epoch, seq, kind, cache, key, value, expire_at)
+            self.replica.apply(op)
+            waiting = []
+            for link in self.links:
+                link.enqueue(op)
+                if link.live:
+                    waiting.append(link)
+            if self.sync and waiting:
+                self._await(waiting, seq)
+        return (epoch, seq)
+
+    def _await(self, links: list[_Link], seq: int) -> None:
+        # called under the lock; Condition.wait releases it, so other writers pipeline
+        deadline = time.monotonic() + self.ack_timeout
+        while True:
+            pending = [link for link in links if not link.closed and link.acked[1] < seq]
+            if not pending:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                for link in pending:
+                    self.dropped_slow += 1
+                    log.warning(
+                        "slave %s did not acknowledge within %.3f s: dropped from the live "
+                        "set; it catches up when it reconnects",
+                        link.node_id,
+                        self.ack_timeout,
+                    )
+                    link.close("too slow to acknowledge", tell=True)
+                return
+            self.cond.wait(remaining)
+
+    def live_slaves(self) -> list[str]:
+        with self.lock:
+            return [link.node_id for link in self.links if link.live]
+
+    def close(self) -> None:
+        self._closed = True
+        self.resign("the master is closing")
+        _close(self._listener)
+        self._thread.join(2.0)
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                sock, address = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                if self._closed:
+                    return
+                time.sleep(0.05)
+                continue
+            sock.settimeout(None)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _send_timeout(sock, max(5.0, self.ack_timeout))
+            link = _Link(self, sock, address)
+            threading.Thread(
+                target=link.receive_loop, name="twinweave-repl-in", daemon=True
+            ).start()
+
+    def _on_frame(self, link: _Link, frame: object) -> None:
+        if isinstance(frame, Hello):
+            self._greet(link, frame)
+        elif isinstance(frame, Ack):
+            with self.lock:
+                link.acked = (frame.epoch, frame.seq)
+                if not link.live and not link.closed and link.acked[1] >= link.target[1]:
+                    link.live = True
+                    log.info("slave %s is live at (%d, %d)", link.node_id, *link.acked)
+                self.cond.notify_all()
+        elif isinstance(frame, Refuse):
+            link.close(f"the slave refused: {frame.reason}")
+        else:
+            self._count("order")
+            link.close(f"unexpected {type(frame).__name__} from a slave")
+
+    def _greet(self, link: _Link, hello: Hello) -> None:
+        link.node_id = hello.node_id
+        if hello.cluster != self.cluster:
+            self._count("foreign")
+            self._refuse(link, f"this is cluster {self.cluster!r}, not {hello.cluster!r}")
+            return
+        with self.lock:
+            if not self.epoch or not self.is_master():
+                self._refuse(link, "not the master")
+                return
+            if hello.epoch > self.epoch:
+                self._refuse(link, f"stale master: epoch {self.epoch} < {hello.epoch}")
+                return
+            history = self.replica.history_after((hello.data_epoch, hello.data_seq))
+            snapshot = history is None
+            link.enqueue(Welcome(self.node_id, link.session.nonce, self.epoch, snapshot))
+            if snapshot:
+                self.snapshots += 1
+                position, items = self.replica.snapshot()
+                link.enqueue(SnapshotBegin(*position))
+                for item in items:
+                    link.enqueue(item)
+                link.enqueue(SnapshotEnd(*position))
+            else:
+                for op in history:
+                    link.enqueue(op)
+            link.target = self.replica.position
+            link.acked = (0, 0)
+            if not snapshot and (hello.data_epoch, hello.data_seq) == link.target:
+                link.live = True  # already up to date
+                link.acked = link.target
+            self.links.append(link)
+            how = "snapshot" if snapshot else f"{len(history)} changes"
+        log.info("slave %s joined from (%d, %d): %s", link.node_id, *link.target, how)
+        threading.Thread(target=link.send_loop, name="twinweave-repl-out", daemon=True).start()
+
+    def _refuse(self, link: _Link, reason: str) -> None:
+        log.info("replication refused to %s: %s", link.node_id, reason)
+        try:
+            link.sock.sendall(link.session.encode(Refuse(reason)))
+        except (OSError, WireError):
+            pass
+        link.closed = True
+        _close(link.sock)
+
+    def _count(self, reason: str) -> None:
+        self.refused[reason] += 1
+
+
+class Follower:
+    """The slave side: follow one master at a time, apply and acknowledge its stream."""
+
+    def __init__(
+        self,
+        replica: Replica,
+        cluster: str,
+        node_id: str,
+        secret: bytes | None,
+        known_epoch: Callable[[], int],
+        on_position: Callable[[tuple[int, int], bool], None],
+        retry_s: float = 0.2,
+    ) -> None:
+        self.replica = replica
+        self.cluster = cluster
+        self.node_id = node_id
+        self.secret = secret
+        self.known_epoch = known_epoch
+        self.on_position = on_position
+        self.retry_s = retry_s
+        self.refused: collections.Counter[str] = collections.Counter()
+        self.in_sync = False  # caught up with the current master (or with the last one)
+        self._target: tuple[str, int, int] | None = None
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._generation = 0
+
+    def follow(self, host: str, port: int, epoch: int) -> None:
+        """Replicate from the master at host:port (epoch given for logs and checks)."""
+        with self._lock:
+            if self._target == (host, port, epoch):
+                return
+            self._target = (host, port, epoch)
+            self._generation += 1
+            generation = self._generation
+            self._drop_socket()
+        # the new thread waits for the old one to finish, so that only one applies at a time
+        # (the caller, the failover loop, must not block)
+        thread = threading.Thread(
+            target=self._run,
+            args=(generation, self._thread),
+            name="twinweave-follower",
+            daemon=True,
+        )
+        self._thread = thread
+        thread.start()
+
+    def detach(self) -> None:
+        """Stop following without waiting (the master was lost; an election is under way)."""
+        with self._lock:
+            self._target = None
+            self._generation += 1
+            self._drop_socket()
+
+    def stop(self) -> None:
+        """Stop following; returns once nothing more will be applied."""
+        with self._lock:
+            self._target = None
+            self._generation += 1
+            self._drop_socket()
+        if self._thread is not None:
+            self._thread.join(5.0)
+            self._thread = None
+
+    def _drop_socket(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _current(self, generation: int) -> bool:
+        return generation == self._generation
+
+    def _run(self, generation: int, previous: threading.Thread | None = None) -> None:
+        if previous is not None:
+            previous.join()
+        while self._current(generation):
+            target = self._target
+            if target is None:
+                return
+            host, port, _epoch = target
+            try:
+                self._session(generation, host, port)
+            except WireError as exc:
+                self.refused[exc.reason] += 1
+                log.warning("replication stream from %s:%d refused: %s", host, port, exc)
+            except ReplicaError as exc:
+                self.refused["gap"] += 1
+                log.warning("replication from %s:%d: %s; resynchronising", host, port, exc)
+            except OSError as exc:
+                if self._current(generation):
+                    log.info("replication from %s:%d: %s", host, port, exc)
+            if self._current(generation):
+                time.sleep(self.retry_s)
+
+    def _session(self, generation: int, host: str, port: int) -> None:
+        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            if not self._current(generation):
+                _close(sock)
+                return
+            self._sock = sock
+        session = Session(self.secret, initiator=True)
+        try:
+            position = self.replica.position
+            sock.sendall(
+                session.encode(
+                    Hello(self.cluster, self.node_id, session.nonce, self.known_epoch(), *position)
+                )
+            )
+            master_epoch = 0
+            while self._current(generation):
+                data = sock.recv(RECV_BYTES)
+                if not data:
+                    return  # the master went away: we keep what we have (still in sync)
+                last = None
+                for frame in session.feed(data):
+                    if not self._current(generation):
+                        return  # promoted or following another master: apply nothing more
+                    if isinstance(frame, Welcome):
+                        master_epoch = frame.epoch
+                        self._check_epoch(session, sock, master_epoch)
+                    elif isinstance(frame, Refuse):
+                        self.refused["by-master"] += 1
+                        if "too slow" in frame.reason:
+                            self._set_sync(False)
+                        log.info("the master refused replication: %s", frame.reason)
+                        return
+                    elif isinstance(frame, (Op, Batch)):
+                        for op in frame.ops if isinstance(frame, Batch) else (frame,):
+                            self._check_op(session, sock, op, master_epoch)
+                            self.replica.apply(op)
+                            last = (op.epoch, op.seq)
+                    elif isinstance(frame, SnapshotBegin):
+                        self._set_sync(False)
+                        self.replica.begin_snapshot()
+                    elif isinstance(frame, Item):
+                        self.replica.add_item(frame)
+                    elif isinstance(frame, SnapshotEnd):
+                        self.replica.end_snapshot((frame.epoch, frame.seq))
+                        last = (frame.epoch, frame.seq)
+                if last is not None:
+                    sock.sendall(session.encode(Ack(*last)))
+                    self._set_sync(True)
+        finally:
+            with self._lock:
+                if self._sock is sock:
+                    self._sock = None
+            _close(sock)
+
+    def _check_epoch(self, session: Session, sock: socket.socket, epoch: int) -> None:
+        known = self.known_epoch()
+        if epoch < known:
+            self.refused["stale-epoch"] += 1
+            try:
+                sock.sendall(session.encode(Refuse(f"stale epoch {epoch} < {known}")))
+            except (OSError, WireError):
+                pass
+            raise WireError("stale-epoch", f"master epoch {epoch} is older than {known}")
+
+    def _check_op(self, session: Session, sock: socket.socket, op: Op, master_epoch: int) -> None:
+        if op.epoch != master_epoch or op.epoch < self.known_epoch():
+            self._check_epoch(session, sock, min(op.epoch, master_epoch))
+            self.refused["epoch-mismatch"] += 1
+            raise WireError(
+                "epoch-mismatch", f"change of epoch {op.epoch} on a stream of {master_epoch}"
+            )
+
+    def _set_sync(self, value: bool) -> None:
+        self.in_sync = value
+        self.on_position(self.replica.position, value)
+
+
+def _batched(frames: list) -> list:
+    """Consecutive changes travel as one Batch frame."""
+    out: list = []
+    run: list[Op] = []
+    for frame in frames:
+        if isinstance(frame, Op):
+            run.append(frame)
+            continue
+        if run:
+            out.append(run[0] if len(run) == 1 else Batch(tuple(run)))
+            run = []
+        out.append(frame)
+    if run:
+        out.append(run[0] if len(run) == 1 else Batch(tuple(run)))
+    return out
+
+
+def _close(sock: socket.socket) -> None:
+    """Shut down (which wakes a thread blocked in recv on it), then close."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+def _send_timeout(sock: socket.socket, seconds: float) -> None:
+    """A send that blocks longer than this fails (a paused peer must not hang a thread)."""
+    whole = int(seconds)
+    value = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)

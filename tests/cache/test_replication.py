@@ -1,0 +1,279 @@
+"""Replication between a master's hub and followers in this process, over loopback TCP."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+import time
+
+import pytest
+
+from cache import Cache
+from cache.replica import Replica, ReplicaError
+from cache.replication import Follower, Hub, NotMasterError
+from cache.store import decode_value, encode_value
+from cache.wire import Hello, Item, Kind, Op, Session
+
+SECRET = b"replication secret for tests"
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    limit = time.monotonic() + timeout
+    while time.monotonic() < limit:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return predicate()
+
+
+class Rig:
+    """A master hub and followers on loopback; everything closed at the end."""
+
+    def __init__(self, tmp_path, secret=SECRET, sync=True, ack_timeout=2.0) -> None:
+        self.tmp = tmp_path
+        self.secret = secret
+        self.master_ok = True
+        self.replica = Replica(tmp_path / "master")
+        self.hub = Hub(
+            self.replica, "c", "m", "127.0.0.1", secret, ack_timeout, lambda: self.master_ok, sync
+        )
+        self.hub.serve(1)
+        self.followers: list[tuple[Follower, Replica]] = []
+
+    def follower(self, name: str, known_epoch: int = 1, secret=SECRET) -> tuple[Follower, Replica]:
+        replica = Replica(self.tmp / name)
+        follower = Follower(replica, "c", name, secret, lambda: known_epoch, lambda p, s: None)
+        follower.follow("127.0.0.1", self.hub.port, 1)
+        self.followers.append((follower, replica))
+        return follower, replica
+
+    def cache(self, name: str = "x") -> Cache:
+        return Cache(name, self.replica.store(name), self.hub)
+
+    def close(self) -> None:
+        for follower, replica in self.followers:
+            follower.stop()
+            replica.close()
+        self.hub.close()
+        self.replica.close()
+
+
+@pytest.fixture
+def rig(tmp_path):
+    made = []
+
+    def make(**kw) -> Rig:
+        made.append(Rig(tmp_path, **kw))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def contents(replica: Replica, name: str = "x") -> dict:
+    store = replica.store(name)
+    return {key: decode_value(value) for key, value, _ in store.items_encoded()}
+
+
+def test_a_synchronous_write_is_on_every_live_slave_when_it_returns(rig):
+    r = rig()
+    followers = [r.follower("s1"), r.follower("s2")]
+    assert wait_for(lambda: sorted(r.hub.live_slaves()) == ["s1", "s2"])
+    c = r.cache()
+    for i in range(50):
+        c.set(f"k{i}", {"i": i})
+        for _, replica in followers:  # no waiting: it is there already
+            assert replica.store("x").get_encoded(f"k{i}") == encode_value({"i": i})
+    c.delete("k0")
+    c.set("gone", 1, expire=60)
+    for _, replica in followers:
+        assert "k0" not in replica.store("x")
+        assert replica.position == r.replica.position == (1, 52)
+    c.clear()
+    assert all(contents(replica) == {} for _, replica in followers)
+
+
+def test_a_slave_joining_mid_stream_ends_identical(rig):
+    r = rig()
+    r.follower("early")
+    assert wait_for(lambda: r.hub.live_slaves() == ["early"])
+    c = r.cache()
+    stop = threading.Event()
+
+    def writer(offset: int) -> None:
+        i = 0
+        while not stop.is_set():
+            c.set(f"w{offset}-{i % 300}", [offset, i])
+            if i % 7 == 0:
+                c.delete(f"w{offset}-{(i * 13) % 300}")
+            i += 1
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    r.follower("late")  # joins while three threads write
+    assert wait_for(lambda: "late" in r.hub.live_slaves())
+    time.sleep(0.3)
+    stop.set()
+    for t in threads:
+        t.join()
+    c.set("last", True)
+    master = contents(r.replica)
+    assert len(master) > 100
+    for _, replica in r.followers:
+        assert replica.position == r.replica.position
+        assert contents(replica) == master
+    assert r.hub.snapshots >= 1
+
+
+def test_a_slave_that_missed_changes_catches_up_from_the_log(rig):
+    r = rig()
+    follower, replica = r.follower("s1")
+    assert wait_for(lambda: r.hub.live_slaves() == ["s1"])
+    c = r.cache()
+    c.set("a", 1)
+    follower.stop()
+    assert wait_for(lambda: r.hub.live_slaves() == [])
+    for i in range(20):
+        c.set(f"b{i}", i)
+    follower.follow("127.0.0.1", r.hub.port, 1)
+    assert wait_for(lambda: replica.position == r.replica.position)
+    assert contents(replica) == contents(r.replica)
+    assert r.hub.snapshots == 0  # only the 20 missing changes travelled
+
+
+def test_only_the_master_writes(rig):
+    r = rig()
+    c = r.cache()
+    r.master_ok = False
+    with pytest.raises(NotMasterError, match="only the master writes"):
+        c.set("a", 1)
+    r.master_ok = True
+    r.hub.resign("test")
+    with pytest.raises(NotMasterError):
+        c.set("a", 1)
+
+
+def test_a_master_refuses_a_slave_that_knows_a_newer_epoch(rig):
+    r = rig()
+    follower, replica = r.follower("s1", known_epoch=2)  # it has heard of epoch 2
+    assert wait_for(lambda: follower.refused["by-master"] >= 1)
+    r.cache().set("a", 1)
+    assert replica.position == (0, 0) and contents(replica) == {}
+    assert r.hub.live_slaves() == []
+
+
+def test_a_slave_refuses_changes_from_a_stale_epoch(rig):
+    r = rig()
+    known = [1]
+    replica = Replica(r.tmp / "s1")
+    follower = Follower(replica, "c", "s1", SECRET, lambda: known[0], lambda p, s: None)
+    r.followers.append((follower, replica))
+    follower.follow("127.0.0.1", r.hub.port, 1)
+    assert wait_for(lambda: r.hub.live_slaves() == ["s1"])
+    c = r.cache()
+    c.set("a", 1)
+    known[0] = 2  # a newer master was heard of: epoch 1 is stale now
+    c.set("b", 2)
+    assert wait_for(lambda: follower.refused["stale-epoch"] >= 1)
+    assert contents(replica) == {"a": 1}
+
+
+def test_a_silent_slave_is_dropped_and_the_write_returns(rig):
+    r = rig(ack_timeout=0.3)
+    sock = socket.create_connection(("127.0.0.1", r.hub.port))
+    try:
+        session = Session(SECRET, initiator=True)
+        sock.sendall(session.encode(Hello("c", "mute", session.nonce, 1, 0, 0)))
+        sock.settimeout(5)
+        session.feed(sock.recv(65536))  # the welcome; both are at (0, 0): live at once
+        assert wait_for(lambda: r.hub.live_slaves() == ["mute"])
+        started = time.monotonic()
+        r.cache().set("a", 1)  # never acknowledged by "mute"
+        assert 0.25 <= time.monotonic() - started < 3
+        assert r.hub.dropped_slow == 1 and r.hub.live_slaves() == []
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("attack", ["garbage", "wrong-secret", "no-secret"])
+def test_garbled_and_forged_connections_are_refused(rig, attack):
+    r = rig()
+    r.follower("honest")
+    assert wait_for(lambda: r.hub.live_slaves() == ["honest"])
+    sock = socket.create_connection(("127.0.0.1", r.hub.port))
+    try:
+        if attack == "garbage":
+            sock.sendall(
+                random.Random(3).randbytes(5000)
+                if hasattr(random, "randbytes")
+                else os.urandom(5000)
+            )
+        else:
+            session = Session(b"not the secret at all" if attack == "wrong-secret" else None, True)
+            sock.sendall(session.encode(Hello("c", "intruder", session.nonce, 1, 0, 0)))
+        sock.settimeout(5)
+        try:
+            while sock.recv(65536):
+                pass
+        except OSError:
+            pass
+    finally:
+        sock.close()
+    assert wait_for(lambda: sum(r.hub.refused.values()) >= 1)
+    assert r.hub.live_slaves() == ["honest"]
+    r.cache().set("after", 1)
+    assert contents(r.followers[0][1]) == {"after": 1}
+
+
+def test_a_forged_change_never_reaches_a_slave_store(tmp_path):
+    """A fake master without the secret: the follower refuses its stream."""
+    replica = Replica(tmp_path / "s")
+    listener = socket.create_server(("127.0.0.1", 0))
+    follower = Follower(replica, "c", "s", SECRET, lambda: 1, lambda p, s: None)
+    try:
+        follower.follow("127.0.0.1", listener.getsockname()[1], 1)
+        listener.settimeout(5)
+        conn, _ = listener.accept()
+        conn.settimeout(5)
+        conn.recv(65536)  # the hello, which we cannot answer properly
+        fake = Session(b"guessed secret, wrong", initiator=False)
+        fake_hello = Session(b"guessed secret, wrong", initiator=True)
+        fake.feed(fake_hello.encode(Hello("c", "s", fake_hello.nonce, 1, 0, 0)))
+        from cache.wire import Welcome
+
+        conn.sendall(fake.encode(Welcome("m", fake.nonce, 1, False)))
+        conn.sendall(fake.encode(Op(1, 1, Kind.PUT, "x", "k", encode_value("evil"), None)))
+        assert wait_for(lambda: sum(follower.refused.values()) >= 1)
+        assert replica.position == (0, 0) and "k" not in replica.store("x")
+        conn.close()
+    finally:
+        follower.stop()
+        listener.close()
+        replica.close()
+
+
+def test_replica_applies_in_order_only_and_snapshots_swap_whole(tmp_path):
+    replica = Replica(tmp_path / "r")
+    replica.apply(Op(1, 1, Kind.PUT, "x", "a", encode_value(1), None))
+    with pytest.raises(ReplicaError, match="does not follow"):
+        replica.apply(Op(1, 3, Kind.PUT, "x", "b", encode_value(2), None))
+    with pytest.raises(ReplicaError, match="bad value"):
+        replica.apply(Op(1, 2, Kind.PUT, "x", "b", b"P\x80\x04", None))
+    assert replica.history_after((1, 1)) == [] and replica.history_after((0, 7)) is None
+    replica.begin_snapshot()
+    replica.add_item(Item("y", "k", encode_value("v"), None))
+    replica.close()  # a crash before the end: the old state stays
+    replica = Replica(tmp_path / "r")
+    assert replica.position == (1, 1) and contents(replica) == {"a": 1}
+    replica.begin_snapshot()
+    replica.add_item(Item("y", "k", encode_value("v"), None))
+    replica.end_snapshot((4, 40))
+    assert replica.position == (4, 40)
+    assert contents(replica, "y") == {"k": "v"} and replica.names() == ["y"]
+    replica.close()
+    assert Replica(tmp_path / "r").position == (4, 40)
