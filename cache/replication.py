@@ -351,6 +351,7 @@ class Follower:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._generation = 0
+        self._changed = threading.Event()  # wakes a retry wait at once
 
     def follow(self, host: str, port: int, epoch: int) -> None:
         """Replicate from the master at host:port (epoch given for logs and checks)."""
@@ -361,6 +362,7 @@ class Follower:
             self._generation += 1
             generation = self._generation
             self._drop_socket()
+            self._changed.set()
         # the new thread waits for the old one to finish, so that only one applies at a time
         # (the caller, the failover loop, must not block)
         thread = threading.Thread(
@@ -378,6 +380,7 @@ class Follower:
             self._target = None
             self._generation += 1
             self._drop_socket()
+            self._changed.set()
 
     def stop(self) -> None:
         """Stop following; returns once nothing more will be applied."""
@@ -385,6 +388,7 @@ class Follower:
             self._target = None
             self._generation += 1
             self._drop_socket()
+            self._changed.set()
         if self._thread is not None:
             self._thread.join(5.0)
             self._thread = None
@@ -419,7 +423,8 @@ class Follower:
                 if self._current(generation):
                     log.info("replication from %s:%d: %s", host, port, exc)
             if self._current(generation):
-                time.sleep(self.retry_s)
+                self._changed.wait(self.retry_s)
+                self._changed.clear()
 
     def _session(self, generation: int, host: str, port: int) -> None:
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)

@@ -132,6 +132,8 @@ class Peer:
     data_seq: int = 0
     host: str = "0.0.0.0"
     port: int = 0
+    #: when this incarnation of the peer was first heard (it may still be joining)
+    first_heard: float = 0.0
 
     def rank_key(self) -> tuple[int, int, int, str]:
         return rank_key(self.data_epoch, self.data_seq, self.priority, self.node_id)
@@ -373,7 +375,16 @@ class Election:
         return sum(1 for p in self.live_peers(now) if p.rank_key() < mine)
 
     def _claim_time(self, now: float) -> float:
-        return self._lost_at + self.timing.settle + self._rank(now) * self.timing.skew
+        """When this candidate claims: after every better-ranked one had its turn.
+
+        A better-ranked peer heard for less than a window may still be joining: it
+        stands only when its own listening window ends, so our turn is counted from
+        the later of the two moments (else both could claim at once).
+        """
+        mine = rank_key(*self.data_position, self.priority, self.node_id)
+        better = [p for p in self.live_peers(now) if p.rank_key() < mine]
+        anchor = max([self._lost_at, *(p.first_heard + self.timing.window for p in better)])
+        return anchor + self.timing.settle + len(better) * self.timing.skew
 
     def _promote(self, now: float, actions: list[Action]) -> None:
         epoch = max([self.known_epoch, *(p.epoch for p in self.peers.values())]) + 1
@@ -417,6 +428,9 @@ class Election:
             peer = self.peers[hb.node_id] = Peer(
                 hb.node_id, hb.role, hb.epoch, hb.priority, hb.incarnation, hb.seq, now
             )
+            peer.first_heard = now
+        elif hb.incarnation != peer.incarnation:
+            peer.first_heard = now  # restarted: joining again
         peer.role, peer.epoch, peer.priority = hb.role, hb.epoch, hb.priority
         peer.incarnation, peer.seq, peer.heard = hb.incarnation, hb.seq, now
         peer.data_epoch, peer.data_seq = hb.data_epoch, hb.data_seq

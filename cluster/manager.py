@@ -117,6 +117,7 @@ class Node:
         self._adapter_running = False
         self._interrupting = False
         self.promoted_at: float | None = None
+        self._promotion: Promote | None = None
 
     # -- life ------------------------------------------------------------------------------
 
@@ -180,6 +181,9 @@ class Node:
             self._resign = resign
             self.stopping.set()
         log.info("Stopping node %s: %s", self.node_id, reason)
+        if not self._adapter_running and not self.promoted.is_set():
+            # a slave: leave the election now, so that it is never promoted while stopping
+            self._post(self._say_goodbye)
         threading.Thread(target=self._stop_sequence, name="twinweave-stop", daemon=True).start()
         return True
 
@@ -280,6 +284,20 @@ class Node:
             call()
 
     def _apply(self, actions: list[Action]) -> None:
+        promotion: Promote | None = None
+        try:
+            self._perform(actions)
+        finally:
+            promotion = self._promotion
+            self._promotion = None
+        if promotion is not None:
+            # after the first master heartbeat went out, so the other candidates hear it
+            # while this node stops its follower and takes over
+            self._take_over(promotion.epoch)
+            self._announce("master", promotion.epoch)
+            self.promoted.set()
+
+    def _perform(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Send):
                 self._send(action.role, action.epoch)
@@ -299,11 +317,9 @@ class Node:
                     return
             elif isinstance(action, Promote):
                 self.promoted_at = time.monotonic()
-                self._take_over(action.epoch)
                 log.info("Promoted to Master node (epoch %d, %s)", action.epoch, action.reason)
                 log.info("Failover Manager has been promoted")
-                self._announce("master", action.epoch)
-                self.promoted.set()
+                self._promotion = action
             elif isinstance(action, Demote):
                 log.warning("Demoted: %s", action.reason)
                 self.demoted = True
@@ -355,6 +371,19 @@ class Node:
                     self._send(action.role, action.epoch)
         if was_master:
             log.info("Resigned as master (epoch %d)", self.machine.epoch)
+
+    def _post(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in the loop thread soon; do not wait (directly if the loop is gone)."""
+        thread = self._thread
+        if self._closed or thread is None or not thread.is_alive():
+            fn()
+            return
+        if thread is threading.current_thread():
+            fn()
+            return
+        with self._lock:
+            self._calls.append(fn)
+        self._wake()
 
     def _call(self, fn: Callable[[], None], timeout: float = 2.0) -> None:
         """Run ``fn`` in the loop thread and wait for it (directly if the loop is gone)."""

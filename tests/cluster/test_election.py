@@ -209,6 +209,19 @@ def test_first_node_up_becomes_master_and_later_ones_join_as_slaves():
     assert [p.node for p in sim.promotions] == ["z"]
 
 
+@pytest.mark.parametrize("a_starts", [0.103, 0.105, 0.107, 0.2, 0.4])
+def test_a_better_node_still_joining_gets_its_turn_before_worse_candidates(a_starts):
+    # c's and b's windows end while a (the best) is still listening: without waiting for
+    # a's window, b's turn (rank 1) fell on a's claim and both became master at epoch 1
+    timing = Timing(0.15, 3)
+    sim = SimNet(timing, seed=1, min_delay=0.002, max_delay=0.002, timer_jitter=0.0)
+    for name, at in (("c", 0.0), ("b", 0.03), ("a", a_starts)):
+        sim.at(at, sim.add(name).boot)
+    sim.run_until(5.0)
+    assert [p.node for p in sim.promotions] == ["a"]
+    assert sim.settled() is None
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_nodes_started_together_elect_by_priority_then_id(seed):
     rng = random.Random(seed)
