@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 from agent.events import JoinPoint, StartEvent, Step
@@ -71,7 +70,7 @@ class FailoverPlugin(Plugin):
                 "message_id": str(event.message_id),
                 "aspect": jp.aspect,
                 "step": jp.name,
-                "start": time.time(),
+                "start": event.start_ns / 1e9,
                 "node": cluster.node_id(),
                 "epoch": cluster.epoch(),
             },

@@ -137,3 +137,42 @@ def test_garbage_and_forgeries_are_counted_and_dropped(make_node):
     assert a.is_master() and a.machine.epoch == 1 and "usurper" not in a.machine.peers
     a.request_stop("test")
     assert a.finish(0) == 0
+
+
+def test_replicated_writes_and_what_was_in_flight_survive_the_master(make_node):
+    import cluster
+    from agent.events import JoinPoint, StartEvent, Step
+    from agent.plugins.failover import FailoverPlugin
+    from cache import Cache, NotMasterError
+
+    a = make_node("a")
+    a.start()
+    assert wait_for(a.promoted.is_set)
+    b = make_node("b")
+    b.start()
+    assert wait_for(lambda: a.hub.live_slaves() == ["b"])
+    orders = Cache("orders", a.replica.store("orders"), a.hub)
+    orders.set("o1", {"total": 3})
+    # the write returned: the slave has it already
+    assert Cache("orders", b.replica.store("orders")).get("o1") == {"total": 3}
+    with pytest.raises(NotMasterError):
+        Cache("orders", b.replica.store("orders"), b.hub).set("o2", 1)
+
+    plugin = FailoverPlugin()
+    jp = JoinPoint("flows", "workflow", "app.Flow.on_message", "msg")
+    cluster.install(a)
+    try:
+        for mid in ("m1", "m2"):
+            plugin.on_start(StartEvent(jp, mid, 1_700_000_000_000_000_000, 1, 0))
+        plugin.on_step(Step("flows", "workflow", jp.name, "m1", 0, 5, None, 1, 0))
+    finally:
+        cluster.install(None)
+    a.request_stop("test")
+    assert a.finish(0) == 0
+    assert wait_for(b.promoted.is_set, 3.0)
+    assert [entry["message_id"] for entry in b.inflight] == ["m2"]
+    entry = b.inflight[0]
+    assert entry["aspect"] == "flows" and entry["step"] == jp.name
+    assert entry["node"] == "a" and entry["epoch"] == 1 and entry["start"] == 1.7e9
+    assert Cache("orders", b.replica.store("orders"), b.hub).get("o1") == {"total": 3}
+    assert cluster.inflight() == []  # outside failover mode (no node installed)
