@@ -449,9 +449,19 @@ class Follower:
                 if not data:
                     return  # the master went away: we keep what we have (still in sync)
                 last = None
+                ops: list[Op] = []  # consecutive changes are applied together
                 for frame in session.feed(data):
                     if not self._current(generation):
                         return  # promoted or following another master: apply nothing more
+                    if isinstance(frame, (Op, Batch)):
+                        for op in frame.ops if isinstance(frame, Batch) else (frame,):
+                            self._check_op(session, sock, op, master_epoch)
+                            ops.append(op)
+                        continue
+                    if ops:
+                        self.replica.apply_all(ops)
+                        last = (ops[-1].epoch, ops[-1].seq)
+                        ops = []
                     if isinstance(frame, Welcome):
                         master_epoch = frame.epoch
                         self._check_epoch(session, sock, master_epoch)
@@ -461,11 +471,6 @@ class Follower:
                             self._set_sync(False)
                         log.info("the master refused replication: %s", frame.reason)
                         return
-                    elif isinstance(frame, (Op, Batch)):
-                        for op in frame.ops if isinstance(frame, Batch) else (frame,):
-                            self._check_op(session, sock, op, master_epoch)
-                            self.replica.apply(op)
-                            last = (op.epoch, op.seq)
                     elif isinstance(frame, SnapshotBegin):
                         self._set_sync(False)
                         self.replica.begin_snapshot()
@@ -474,6 +479,9 @@ class Follower:
                     elif isinstance(frame, SnapshotEnd):
                         self.replica.end_snapshot((frame.epoch, frame.seq))
                         last = (frame.epoch, frame.seq)
+                if ops and self._current(generation):
+                    self.replica.apply_all(ops)
+                    last = (ops[-1].epoch, ops[-1].seq)
                 if last is not None:
                     sock.sendall(session.encode(Ack(*last)))
                     self._set_sync(True)

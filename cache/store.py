@@ -123,6 +123,10 @@ class LocalStore:
     def close(self) -> None:
         self._cache.close()
 
+    def transaction(self) -> Any:
+        """Group several writes into one SQLite transaction (nestable)."""
+        return self._cache.transact(retry=True)
+
     # -- reads -----------------------------------------------------------------------------
 
     def get_encoded(self, key: str) -> bytes | None:

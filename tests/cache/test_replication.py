@@ -277,3 +277,21 @@ def test_replica_applies_in_order_only_and_snapshots_swap_whole(tmp_path):
     assert contents(replica, "y") == {"k": "v"} and replica.names() == ["y"]
     replica.close()
     assert Replica(tmp_path / "r").position == (4, 40)
+
+
+def test_a_bad_change_in_a_batch_leaves_the_replica_at_its_last_commit(tmp_path):
+    replica = Replica(tmp_path / "r")
+    good = [Op(1, n, Kind.PUT, "x", f"k{n}", encode_value(n), None) for n in (1, 2)]
+    replica.apply_all(good)
+    batch = [
+        Op(1, 3, Kind.PUT, "x", "k3", encode_value(3), None),
+        Op(1, 4, Kind.PUT, "x", "k4", b"not an encoding", None),
+    ]
+    with pytest.raises(ReplicaError, match="bad value"):
+        replica.apply_all(batch)
+    assert replica.position == (1, 2)
+    assert contents(replica) == {"k1": 1, "k2": 2}
+    replica.apply_all(batch[:1])
+    assert replica.position == (1, 3)
+    replica.close()
+    assert Replica(tmp_path / "r").position == (1, 3)
