@@ -145,7 +145,8 @@ def _is_zip(path: str) -> bool:
 def _launched_by_module() -> bool:
     """True when this process was started as ``python -m agent.bootstrap``."""
     main = sys.modules.get("__main__")
-    return getattr(main, "__spec__", None) is not None and main.__spec__.name == __name__
+    # not __name__: run as `-m agent.bootstrap`, this module's own name is "__main__"
+    return getattr(main, "__spec__", None) is not None and main.__spec__.name == "agent.bootstrap"
 
 
 def run_module(module: str, args: Sequence[str]) -> None:

@@ -205,6 +205,14 @@ class Hub:
                     waiting.append(link)
             if self.sync and waiting:
                 self._await(waiting, seq)
+                if self.epoch != epoch or not self.is_master():
+                    # the wait outlived our mastership (a pause, a demotion): a slave may
+                    # have taken over without this change, so it is not acknowledged
+                    raise NotMasterError(
+                        f"this node is not the master any more: it stopped being master while "
+                        f"change ({epoch}, {seq}) was replicating, which may be lost; retry "
+                        "on the new master"
+                    )
         return (epoch, seq)
 
     def _await(self, links: list[_Link], seq: int) -> None:
@@ -502,8 +510,11 @@ class Follower:
             raise WireError("stale-epoch", f"master epoch {epoch} is older than {known}")
 
     def _check_op(self, session: Session, sock: socket.socket, op: Op, master_epoch: int) -> None:
-        if op.epoch != master_epoch or op.epoch < self.known_epoch():
-            self._check_epoch(session, sock, min(op.epoch, master_epoch))
+        # Changes from the master's log may come from earlier epochs (a slave catching up
+        # across a takeover): the fence is the stream's epoch, checked again at every
+        # change in case a newer master has been heard of meanwhile.
+        self._check_epoch(session, sock, master_epoch)
+        if op.epoch > master_epoch:
             self.refused["epoch-mismatch"] += 1
             raise WireError(
                 "epoch-mismatch", f"change of epoch {op.epoch} on a stream of {master_epoch}"

@@ -87,21 +87,23 @@ class DiscoveryError(OSError):
     """Zeroconf cannot run on the configured interface as configured."""
 
 
-def instance_name(node_id: str) -> str:
-    """The DNS-SD instance name of a node: its id made one valid label, then the service type.
+def instance_name(node_id: str, cluster: str = "") -> str:
+    """The DNS-SD instance name of a node: ``node@cluster`` made one valid label, then the type.
 
-    Dots and control characters become ``-`` and the label is cut to 63 bytes
-    of UTF-8 without splitting a character; the full id travels in the TXT
-    ``node`` property.
+    The cluster is part of the name so that nodes of two clusters with the same ids
+    (``a``, ``b``...) on one network never collide. Dots and control characters
+    become ``-`` and the label is cut to 63 bytes of UTF-8 without splitting a
+    character; the full id and cluster travel in the TXT properties.
     """
-    label = re.sub(r"[.\x00-\x1f\x7f]", "-", node_id) or "-"
+    name = f"{node_id}@{cluster}" if cluster else node_id
+    label = re.sub(r"[.\x00-\x1f\x7f]", "-", name) or "-"
     encoded = label.encode("utf-8")[:_MAX_LABEL_BYTES]
     return f"{encoded.decode('utf-8', errors='ignore')}.{SERVICE_TYPE}"
 
 
-def _server_name(node_id: str) -> str:
+def _server_name(node_id: str, cluster: str = "") -> str:
     """A host name of our own per node, so two nodes on one machine never share one."""
-    label = re.sub(r"[^a-z0-9-]", "-", node_id.lower())
+    label = re.sub(r"[^a-z0-9-]", "-", f"{node_id}-{cluster}".lower() if cluster else node_id)
     return f"tw-{label}"[:_MAX_LABEL_BYTES].rstrip("-") + ".local."
 
 
@@ -287,10 +289,10 @@ class Announcer:
             addresses = []
         return ServiceInfo(
             SERVICE_TYPE,
-            instance_name(self._node_id),
+            instance_name(self._node_id, self._settings.cluster),
             port=self._port,
             properties=properties,
-            server=_server_name(self._node_id),
+            server=_server_name(self._node_id, self._settings.cluster),
             addresses=addresses,
         )
 
@@ -320,7 +322,7 @@ class Announcer:
         except NonUniqueNameException:
             log.warning(
                 "zeroconf: another node already announces itself as %r on %s; give every "
-                "node its own failover.node_id. Running without announcements.",
+                "node its own failover.node-id. Running without announcements.",
                 self._node_id,
                 self._settings.interface_address(),
             )

@@ -46,7 +46,7 @@ APP = textwrap.dedent(
         return m.upper()
 
     def report_env():
-        return dict(argv=sys.argv, path0=sys.path[0], name=__name__,
+        return dict(argv=sys.argv, path0=sys.path[0], path1=sys.path[1], name=__name__,
                     file=__file__, pickled=pickle.loads(pickle.dumps(helper)) is helper)
 
     if __name__ == "__main__":

@@ -73,6 +73,7 @@ def settings(**changes: object) -> Settings:
 
 def test_instance_name_is_one_label_of_at_most_63_bytes():
     assert instance_name("node-1") == f"node-1.{SERVICE_TYPE}"
+    assert instance_name("a", "orders.eu") == f"a@orders-eu.{SERVICE_TYPE}"
     assert instance_name("a.b\x01c") == f"a-b-c.{SERVICE_TYPE}"
     long = instance_name("é" * 40)  # 80 bytes of UTF-8
     label = long[: -len(SERVICE_TYPE) - 1]

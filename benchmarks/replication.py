@@ -1,0 +1,306 @@
+"""What a replicated cache write costs, against a plain local diskcache write in the same process.
+
+    python benchmarks/replication.py [--writes 2000] [--threads 4] [--repeat 3] [--json FILE]
+
+Three clusters, one after the other, on loopback (interface 127.0.0.1, TTL 0, a random port,
+a cluster name and node ids of each run's own, so nothing leaves the host): a master with
+one slave and one with two slaves, both ``cache.replication=sync`` (the default), and a
+master with two slaves and ``-D cache.replication=async``. Each node is a real process
+(``python -m agent.bootstrap --failover``); the master starts alone, so it is the one that
+runs ``replication_adapter.py``, which waits until every slave is live and then times, in
+the master's process, batches of ``--writes`` writes of ``{"i": i, "payload": "x" * 100}``
+under fresh keys: with a plain ``diskcache.Cache`` (default settings, a temporary folder)
+and with ``cache.get_cache(...).set``, each with 1 writer thread and with ``--threads``
+(synchronous writers in several threads pipeline: one acknowledgement covers many). Every
+figure is measured ``--repeat`` times; the table shows the median of the repetitions
+(throughput = writes / wall time of the batch; p50 and p99 = nearest-rank percentiles of the
+per-write latencies of one batch).
+
+The targets checked (the issue's), each against the local figure of the same process and
+run:
+
+* synchronous throughput >= 1/3 of local single-threaded throughput, with the better of
+  the two thread counts (the table says which);
+* synchronous p99 latency < 5 ms with one writer thread (the latency a caller sees when it
+  waits for each write; with several threads the figure includes queueing and is shown too);
+* asynchronous throughput >= 80 % of local, with the better thread count.
+
+The script reports and exits 0 when it could measure (a reviewer judges), 1 when it could
+not run at all. Nothing is shared with the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ADAPTER = os.path.join(_REPO, "benchmarks", "replication_adapter.py")
+DELAY_MS = 200  # heartbeats; short, so that a cluster forms in about a second
+RETRIES = 3
+START_TIMEOUT_S = 30.0
+SCENARIOS = (("sync", 1), ("sync", 2), ("async", 2))
+SYNC_SHARE = 1 / 3
+SYNC_P99_MS = 5.0
+ASYNC_SHARE = 0.8
+
+
+class BenchError(RuntimeError):
+    """A cluster could not be measured; the message says what was missing."""
+
+
+class Cluster:
+    """The nodes of one scenario: one name, one port, one folder; all killed at the end."""
+
+    def __init__(self, work: Path, python: str) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="repl-", dir=work))
+        self.python = python
+        self.name = f"bench-{uuid.uuid4().hex[:12]}"
+        self.token = uuid.uuid4().hex[:6]
+        self.port = random.randint(20000, 60000)
+        self.popens: dict[str, subprocess.Popen] = {}
+        self.env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("TWINWEAVE_", "AGENT_"))
+        }
+        self.env["XDG_CACHE_HOME"] = str(self.dir / "xdg")
+        # the nodes find `agent`, `cache` and `cluster` even when the project is not installed
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (_REPO, os.environ.get("PYTHONPATH")) if p
+        )
+
+    def log(self, name: str) -> Path:
+        return self.dir / f"{name}.log"
+
+    def start(self, name: str, defines: list[str], args: list[str]) -> subprocess.Popen:
+        settings = [
+            "failover.interface=127.0.0.1",
+            "failover.ttl=0",
+            f"failover.port={self.port}",
+            f"failover.cluster={self.name}",
+            f"failover.delay={DELAY_MS}",
+            f"failover.retries={RETRIES}",
+            f"failover.node-id={name}-{self.token}",
+            f"cache.directory={self.dir / 'state' / name}",  # not next to the adapter
+            *defines,
+        ]
+        command = [self.python, "-m", "agent.bootstrap", "--failover"]
+        for setting in settings:
+            command += ["-D", setting]
+        command += [ADAPTER, *args]
+        with open(self.log(name), "wb") as out:
+            popen = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+                env=self.env,
+            )
+        self.popens[name] = popen
+        return popen
+
+    def wait(self, what: str, probe: Any, timeout: float) -> Any:
+        limit = time.monotonic() + timeout
+        while True:
+            value = probe()
+            if value:
+                return value
+            if time.monotonic() > limit:
+                raise BenchError(f"no {what} after {timeout:.0f} s\n{self.logs()}")
+            time.sleep(0.02)
+
+    def logs(self) -> str:
+        parts = []
+        for name in self.popens:
+            text = self.log(name).read_text(encoding="utf-8", errors="replace")
+            parts.append(f"--- {name}:\n{text[-3000:]}")
+        return "\n".join(parts)
+
+    def close(self) -> None:
+        for popen in self.popens.values():
+            if popen.poll() is None:
+                popen.kill()
+        for name, popen in self.popens.items():
+            try:
+                popen.wait(10)
+            except subprocess.TimeoutExpired:
+                print(f"node {name} (pid {popen.pid}) survived SIGKILL", file=sys.stderr)
+
+
+def measure(work: Path, args: argparse.Namespace, mode: str, slaves: int) -> dict[str, Any]:
+    """One cluster: the master alone first, then its slaves; the master's adapter measures."""
+    cluster = Cluster(work, args.python)
+    result = cluster.dir / "result.json"
+    adapter_args = [str(result), "--slaves", str(slaves), "--writes", str(args.writes)]
+    adapter_args += ["--threads", str(args.threads), "--repeat", str(args.repeat)]
+    try:
+        master = cluster.start("m", [f"cache.replication={mode}"], adapter_args)
+        promoted = "Promoted to Master node"
+        cluster.wait(
+            "promotion of the master",
+            lambda: promoted in cluster.log("m").read_text(errors="replace"),
+            START_TIMEOUT_S,
+        )
+        for k in range(1, slaves + 1):
+            cluster.start(f"s{k}", [], adapter_args)
+        budget = START_TIMEOUT_S + args.repeat * args.writes * 0.05  # 50 ms a write: a wedge
+        figures = json.loads(
+            cluster.wait("result", lambda: result.exists() and result.read_text(), budget)
+        )
+        if master.wait(10) != 0:
+            raise BenchError(f"the master exited with {master.returncode}\n{cluster.logs()}")
+        if len(figures["slaves_live_at_start"]) != slaves or figures["dropped_slow"]:
+            raise BenchError(
+                f"expected {slaves} live slaves throughout, got {figures['slaves_live_at_start']}"
+                f" at the start, {figures['slaves_live_at_end']} at the end and "
+                f"{figures['dropped_slow']} dropped\n{cluster.logs()}"
+            )
+        return figures
+    finally:
+        cluster.close()
+
+
+def summarise(figures: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The median over the repetitions of each figure (``local/1``, ``replicated/4``...)."""
+    runs = figures["runs"]
+    return {
+        key: {
+            field: statistics.median(run[key][field] for run in runs)
+            for field in ("per_s", "p50_ms", "p99_ms", "max_ms")
+        }
+        for key in runs[0]
+    }
+
+
+def verdicts(scenarios: dict[str, dict[str, Any]], threads: int) -> list[dict[str, Any]]:
+    """Each target, for each scenario it applies to, with the figures it was judged on."""
+    out = []
+    for name, scenario in scenarios.items():
+        table = scenario["median"]
+        local = table["local/1"]["per_s"]
+        counts = sorted({1, threads})
+        best = max(counts, key=lambda t: table[f"replicated/{t}"]["per_s"])
+        share = table[f"replicated/{best}"]["per_s"] / local
+        if scenario["mode"] == "sync":
+            out.append(
+                {
+                    "target": f"sync throughput >= 1/3 of local ({name})",
+                    "value": f"{share:.2f} x local with {best} writer thread(s)",
+                    "holds": share >= SYNC_SHARE,
+                }
+            )
+            p99 = table["replicated/1"]["p99_ms"]
+            out.append(
+                {
+                    "target": f"sync p99 < {SYNC_P99_MS:g} ms, 1 writer thread ({name})",
+                    "value": f"{p99:.2f} ms",
+                    "holds": p99 < SYNC_P99_MS,
+                }
+            )
+        else:
+            out.append(
+                {
+                    "target": f"async throughput >= 80% of local ({name})",
+                    "value": f"{share:.2f} x local with {best} writer thread(s)",
+                    "holds": share >= ASYNC_SHARE,
+                }
+            )
+    return out
+
+
+def report(results: dict[str, Any]) -> str:
+    s = results["settings"]
+    out = [
+        f"replicated cache writes on loopback, Python {results['python']}, "
+        f"{s['writes']} writes per batch, median of {s['repeat']} repetitions; "
+        "'x local' = throughput / the same process's local diskcache with 1 thread",
+        "",
+        f"{'cluster':<18} {'writes':<22} {'writes/s':>10} {'x local':>8} "
+        f"{'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}",
+    ]
+    for name, scenario in results["scenarios"].items():
+        if "error" in scenario:
+            out.append(f"{name:<18} not measured: {scenario['error'].splitlines()[0]}")
+            continue
+        table = scenario["median"]
+        local = table["local/1"]["per_s"]
+        for key, row in table.items():
+            path, threads = key.split("/")
+            what = "local diskcache" if path == "local" else f"{scenario['mode']} replicated"
+            label = f"{what}, {threads} thr"
+            out.append(
+                f"{name:<18} {label:<22} {row['per_s']:>10.0f} {row['per_s'] / local:>8.2f} "
+                f"{row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f} {row['max_ms']:>8.2f}"
+            )
+    out.append("")
+    for verdict in results["verdicts"]:
+        word = "holds" if verdict["holds"] else "FAILS"
+        out.append(f"{verdict['target']}: {verdict['value']}: {word}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--writes", type=int, default=2000, help="writes per timed batch")
+    parser.add_argument("--threads", type=int, default=4, help="writer threads (besides 1)")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions of each batch")
+    parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    parser.add_argument("--python", default=sys.executable, help="interpreter of the nodes")
+    args = parser.parse_args(argv)
+    if args.writes < 1 or args.threads < 1 or args.repeat < 1:
+        parser.error("--writes, --threads and --repeat must be at least 1")
+
+    scenarios: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="twinweave-repl-bench-") as work:
+        for mode, slaves in SCENARIOS:
+            name = f"{mode}, {slaves} slave{'s' if slaves > 1 else ''}"
+            print(f"measuring {name}...", file=sys.stderr, flush=True)
+            try:
+                figures = measure(Path(work), args, mode, slaves)
+            except BenchError as exc:
+                scenarios[name] = {"mode": mode, "slaves": slaves, "error": str(exc)}
+                print(exc, file=sys.stderr)
+                continue
+            scenarios[name] = {
+                "mode": mode,
+                "slaves": slaves,
+                "median": summarise(figures),
+                "raw": figures,
+            }
+    measured = {n: s for n, s in scenarios.items() if "error" not in s}
+    if not measured:
+        print("nothing could be measured", file=sys.stderr)
+        return 1
+    python = next(iter(measured.values()))["raw"]["python"]
+    results = {
+        "python": python,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "settings": {
+            "writes": args.writes,
+            "threads": args.threads,
+            "repeat": args.repeat,
+            "delay_ms": DELAY_MS,
+        },
+        "scenarios": scenarios,
+        "verdicts": verdicts(measured, args.threads),
+    }
+    print(report(results))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
