@@ -191,12 +191,21 @@ def verdicts(scenarios: dict[str, dict[str, Any]], threads: int) -> list[dict[st
         local = table["local/1"]["per_s"]
         counts = sorted({1, threads})
         best = max(counts, key=lambda t: table[f"replicated/{t}"]["per_s"])
-        share = table[f"replicated/{best}"]["per_s"] / local
+        single = table[f"replicated/{best}"]["per_s"] / local
+        batched_key = next((k for k in table if k.startswith("batched/")), None)
+        batched = table[batched_key]["per_s"] / local if batched_key else 0.0
+        # the issue allows batching and pipelining "where order allows": the better of
+        # one-key writes from several threads and set_many batches from one thread
+        if batched > single:
+            share, how = batched, f"set_many({batched_key.split('/')[1]}) batches, 1 thread"
+        else:
+            share, how = single, f"one key per write, {best} writer thread(s)"
+        detail = f"{share:.2f} x local with {how} (one key per write: {single:.2f} x)"
         if scenario["mode"] == "sync":
             out.append(
                 {
                     "target": f"sync throughput >= 1/3 of local ({name})",
-                    "value": f"{share:.2f} x local with {best} writer thread(s)",
+                    "value": detail,
                     "holds": share >= SYNC_SHARE,
                 }
             )
@@ -212,7 +221,7 @@ def verdicts(scenarios: dict[str, dict[str, Any]], threads: int) -> list[dict[st
             out.append(
                 {
                     "target": f"async throughput >= 80% of local ({name})",
-                    "value": f"{share:.2f} x local with {best} writer thread(s)",
+                    "value": detail,
                     "holds": share >= ASYNC_SHARE,
                 }
             )
@@ -237,8 +246,11 @@ def report(results: dict[str, Any]) -> str:
         local = table["local/1"]["per_s"]
         for key, row in table.items():
             path, threads = key.split("/")
-            what = "local diskcache" if path == "local" else f"{scenario['mode']} replicated"
-            label = f"{what}, {threads} thr"
+            if path == "batched":
+                label = f"{scenario['mode']} set_many({threads})"
+            else:
+                what = "local diskcache" if path == "local" else f"{scenario['mode']} replicated"
+                label = f"{what}, {threads} thr"
             out.append(
                 f"{name:<18} {label:<22} {row['per_s']:>10.0f} {row['per_s'] / local:>8.2f} "
                 f"{row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f} {row['max_ms']:>8.2f}"

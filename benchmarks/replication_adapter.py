@@ -38,6 +38,7 @@ import cluster
 
 LIVE_WAIT_S = 30.0
 WARMUP_WRITES = 200
+BATCH = 100  # entries per set_many call in the batched row (latency is per call)
 
 
 def value(i: int) -> dict:
@@ -74,6 +75,32 @@ def timed_writes(
     merged = sorted(ns for out in latencies for ns in out)
     return {
         "threads": threads,
+        "writes": writes,
+        "wall_s": wall,
+        "per_s": writes / wall,
+        "p50_ms": _rank(merged, 0.50) / 1e6,
+        "p99_ms": _rank(merged, 0.99) / 1e6,
+        "max_ms": merged[-1] / 1e6,
+    }
+
+
+def timed_batches(store: Any, prefix: str, writes: int, batch: int) -> dict[str, Any]:
+    """``writes`` writes as ``set_many`` calls of ``batch`` entries each, from one thread."""
+    groups = [
+        [(f"{prefix}-{i}", value(i)) for i in range(start, min(writes, start + batch))]
+        for start in range(0, writes, batch)
+    ]
+    clock = time.perf_counter_ns
+    latencies = []
+    started = time.perf_counter()
+    for group in groups:
+        began = clock()
+        store.set_many(group)
+        latencies.append(clock() - began)
+    wall = time.perf_counter() - started
+    merged = sorted(latencies)
+    return {
+        "threads": 1,
         "writes": writes,
         "wall_s": wall,
         "per_s": writes / wall,
@@ -126,6 +153,9 @@ def main() -> None:
                 for threads in thread_counts:
                     prefix = f"{name}-{threads}-{rep}"
                     run[f"{name}/{threads}"] = timed_writes(write, prefix, options.writes, threads)
+            run[f"batched/{BATCH}"] = timed_batches(
+                replicated, f"batched-{rep}", options.writes, BATCH
+            )
             runs.append(run)
         still_live = node.hub.live_slaves() if node is not None else []
         local.close()

@@ -108,7 +108,7 @@ class Replica:
             self.position = (op.epoch, op.seq)
             self._log.append(op)
 
-    def apply_all(self, ops: list[Op]) -> None:
+    def apply_all(self, ops: list[Op], validate: bool = True) -> None:
         """Apply consecutive changes, one transaction per run of changes to the same store.
 
         On a slave this is where batching pays: a transaction per change costs a disk
@@ -133,17 +133,21 @@ class Replica:
                     epoch, seq = op.epoch, op.seq
                 store = self.store(run[0].cache)
                 with store.transaction():
-                    for op in run:
-                        self._apply(store, op)
+                    for op in run[:-1]:
+                        self._apply(store, op, validate, with_position=False)
+                    self._apply(store, run[-1], validate)  # the position: once per run
                 self.position = (epoch, seq)
                 self._log.extend(run)
                 start = end
 
-    def _apply(self, store: LocalStore, op: Op) -> None:
-        position = (op.epoch, op.seq)
+    def _apply(
+        self, store: LocalStore, op: Op, validate: bool = True, with_position: bool = True
+    ) -> None:
+        position = (op.epoch, op.seq) if with_position else None
         if op.kind is Kind.PUT:
             try:
-                decode_value(op.value)
+                if validate:
+                    decode_value(op.value)
             except Exception as exc:
                 raise ReplicaError(
                     f"change ({op.epoch}, {op.seq}) carries a bad value: {exc}"

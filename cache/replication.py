@@ -36,6 +36,7 @@ from typing import Any
 
 from cache.replica import Replica, ReplicaError
 from cache.wire import (
+    MAX_BATCH_OPS,
     Ack,
     Batch,
     Hello,
@@ -52,6 +53,7 @@ from cache.wire import (
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 512
+ASYNC_GATHER_S = 0.002  # in async mode, how long a sender waits to batch more changes
 RECV_BYTES = 256 * 1024
 CONNECT_TIMEOUT_S = 2.0
 
@@ -104,6 +106,11 @@ class _Link:
                 with self.hub.lock:
                     while not self.queue and not self.closed:
                         self.wake.wait()
+                    gather = not self.hub.sync and len(self.queue) < MAX_BATCH and not self.closed
+                if gather:
+                    # nobody waits for these: gather more, one send (and one ack) for many
+                    time.sleep(ASYNC_GATHER_S)
+                with self.hub.lock:
                     frames = []
                     while self.queue and len(frames) < MAX_BATCH:
                         frames.append(self.queue.popleft())
@@ -188,7 +195,14 @@ class Hub:
 
     def write(self, op_fields: tuple) -> tuple[int, int]:
         """Apply (kind, cache, key, value, expire_at) here, stream it, and in sync mode wait."""
-        kind, cache, key, value, expire_at = op_fields
+        return self.write_many([op_fields])
+
+    def write_many(self, ops_fields: list[tuple]) -> tuple[int, int]:
+        """Several changes as one: one local transaction, one frame, one acknowledgement.
+
+        Each tuple is (kind, cache, key, encoded value, expire_at); all go to the same
+        cache. Returns the position of the last one.
+        """
         with self.lock:
             if not self.epoch or not self.is_master():
                 raise NotMasterError(
@@ -196,24 +210,31 @@ class Hub:
                     "cache (check cluster.is_master() first)"
                 )
             epoch, seq = self.replica.next_position(self.epoch)
-            op = Op(epoch, seq, kind, cache, key, value, expire_at)
-            self.replica.apply(op)
+            ops = [
+                Op(epoch, seq + index, kind, cache, key, value, expire_at)
+                for index, (kind, cache, key, value, expire_at) in enumerate(ops_fields)
+            ]
+            if not ops:
+                return self.replica.position
+            self.replica.apply_all(ops, validate=False)  # values encoded by us just now
+            last = ops[-1].seq
             waiting = []
+            frame: object = ops[0] if len(ops) == 1 else Batch(tuple(ops))
             for link in self.links:
-                link.enqueue(op)
+                link.enqueue(frame)
                 if link.live:
                     waiting.append(link)
             if self.sync and waiting:
-                self._await(waiting, seq)
+                self._await(waiting, last)
                 if self.epoch != epoch or not self.is_master():
                     # the wait outlived our mastership (a pause, a demotion): a slave may
                     # have taken over without this change, so it is not acknowledged
                     raise NotMasterError(
                         f"this node is not the master any more: it stopped being master while "
-                        f"change ({epoch}, {seq}) was replicating, which may be lost; retry "
+                        f"change ({epoch}, {last}) was replicating, which may be lost; retry "
                         "on the new master"
                     )
-        return (epoch, seq)
+        return (epoch, last)
 
     def _await(self, links: list[_Link], seq: int) -> None:
         # called under the lock; Condition.wait releases it, so other writers pipeline
@@ -533,12 +554,28 @@ def _batched(frames: list) -> list:
         if isinstance(frame, Op):
             run.append(frame)
             continue
+        if isinstance(frame, Batch):
+            run.extend(frame.ops)
+            continue
         if run:
             out.append(run[0] if len(run) == 1 else Batch(tuple(run)))
             run = []
         out.append(frame)
     if run:
         out.append(run[0] if len(run) == 1 else Batch(tuple(run)))
+    return _split_batches(out)
+
+
+def _split_batches(frames: list) -> list:
+    """No Batch frame over the wire's limit."""
+    out: list = []
+    for frame in frames:
+        if isinstance(frame, Batch) and len(frame.ops) > MAX_BATCH_OPS:
+            for start in range(0, len(frame.ops), MAX_BATCH_OPS):
+                chunk = frame.ops[start : start + MAX_BATCH_OPS]
+                out.append(chunk[0] if len(chunk) == 1 else Batch(chunk))
+        else:
+            out.append(frame)
     return out
 
 

@@ -295,3 +295,32 @@ def test_a_bad_change_in_a_batch_leaves_the_replica_at_its_last_commit(tmp_path)
     assert replica.position == (1, 3)
     replica.close()
     assert Replica(tmp_path / "r").position == (1, 3)
+
+
+def test_set_many_is_one_change_batch_on_every_slave(rig):
+    r = rig()
+    _, replica = r.follower("s1")
+    assert wait_for(lambda: r.hub.live_slaves() == ["s1"])
+    c = r.cache()
+    c.set("first", 0)
+    c.set_many({f"m{i}": i for i in range(5000)})  # more than one wire batch
+    c.set_many([("a", 1), ("b", [2])])
+    c.set_many({})
+    assert replica.position == r.replica.position == (1, 5003)
+    assert contents(replica) == contents(r.replica)
+    assert contents(replica)["b"] == [2] and len(contents(replica)) == 5003
+
+
+def test_set_many_locally(tmp_path, monkeypatch):
+    import cache
+
+    monkeypatch.setenv("TWINWEAVE_CACHE_DIRECTORY", str(tmp_path / "local"))
+    cache._forget()
+    try:
+        c = cache.get_cache("bulk")
+        c.set_many({"a": 1, "b": b"2"})
+        with pytest.raises(TypeError):
+            c.set_many({"c": object()})
+        assert sorted(c.items()) == [("a", 1), ("b", b"2")]
+    finally:
+        cache._forget()
