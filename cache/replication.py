@@ -141,6 +141,18 @@ class _Link:
             self.close(f"receive failed: {exc}")
 
 
+class _Ticket:
+    """One writer's changes, waiting to be carried by a group commit."""
+
+    __slots__ = ("done", "error", "fields", "position")
+
+    def __init__(self, fields: list[tuple]) -> None:
+        self.fields = fields
+        self.done = False
+        self.error: BaseException | None = None
+        self.position = (0, 0)
+
+
 class Hub:
     """The replication endpoint of one node; streams changes while the node is master."""
 
@@ -168,6 +180,9 @@ class Hub:
         self.epoch = 0  # set while serving as master
         self.refused: collections.Counter[str] = collections.Counter()
         self.dropped_slow = 0
+        self._queued: list[_Ticket] = []  # writes waiting for the next group commit
+        self._committed = threading.Condition(self.lock)
+        self._committing = False
         self.snapshots = 0  # full snapshots sent (the rest caught up from the log)
         self._listener = socket.create_server((host, 0))
         self._listener.settimeout(0.5)
@@ -200,22 +215,55 @@ class Hub:
     def write_many(self, ops_fields: list[tuple]) -> tuple[int, int]:
         """Several changes as one: one local transaction, one frame, one acknowledgement.
 
-        Each tuple is (kind, cache, key, encoded value, expire_at); all go to the same
-        cache. Returns the position of the last one.
+        Each tuple is (kind, cache, key, encoded value, expire_at). Returns the
+        position of the last one.
+
+        Group commit: writers in several threads queue their changes; whichever finds
+        no commit under way leads one for everything queued (one transaction, one
+        frame, one acknowledgement to wait for) while the next ones queue behind it.
+        Each writer returns when the commit that carried its changes is acknowledged.
         """
+        if not ops_fields:
+            return self.replica.position
+        ticket = _Ticket(list(ops_fields))
         with self.lock:
-            if not self.epoch or not self.is_master():
-                raise NotMasterError(
-                    "this node is not the master: only the master writes to the replicated "
-                    "cache (check cluster.is_master() first)"
-                )
+            self._check_master()
+            self._queued.append(ticket)
+            while not ticket.done:
+                if self._committing:
+                    self._committed.wait()  # woken once per commit, not per acknowledgement
+                    continue
+                group, self._queued = self._queued, []
+                self._committing = True
+                try:
+                    self._commit(group)
+                finally:
+                    self._committing = False
+                    self._committed.notify_all()
+        error = ticket.error
+        if error is not None:
+            if isinstance(error, NotMasterError):
+                raise NotMasterError(str(error))  # one instance per writer thread
+            raise error
+        return ticket.position
+
+    def _check_master(self) -> None:
+        if not self.epoch or not self.is_master():
+            raise NotMasterError(
+                "this node is not the master: only the master writes to the replicated "
+                "cache (check cluster.is_master() first)"
+            )
+
+    def _commit(self, group: list[_Ticket]) -> None:
+        """Apply, stream and (sync) await one group of writers' changes; under the lock."""
+        try:
+            self._check_master()
             epoch, seq = self.replica.next_position(self.epoch)
-            ops = [
-                Op(epoch, seq + index, kind, cache, key, value, expire_at)
-                for index, (kind, cache, key, value, expire_at) in enumerate(ops_fields)
-            ]
-            if not ops:
-                return self.replica.position
+            ops: list[Op] = []
+            for ticket in group:
+                for kind, cache, key, value, expire_at in ticket.fields:
+                    ops.append(Op(epoch, seq + len(ops), kind, cache, key, value, expire_at))
+                ticket.position = (epoch, ops[-1].seq)
             self.replica.apply_all(ops, validate=False)  # values encoded by us just now
             last = ops[-1].seq
             waiting = []
@@ -231,10 +279,15 @@ class Hub:
                     # have taken over without this change, so it is not acknowledged
                     raise NotMasterError(
                         f"this node is not the master any more: it stopped being master while "
-                        f"change ({epoch}, {last}) was replicating, which may be lost; retry "
-                        "on the new master"
+                        f"changes up to ({epoch}, {last}) were replicating, which may be lost; "
+                        "retry on the new master"
                     )
-        return (epoch, last)
+        except BaseException as exc:
+            for ticket in group:
+                ticket.error = exc
+        finally:
+            for ticket in group:
+                ticket.done = True
 
     def _await(self, links: list[_Link], seq: int) -> None:
         # called under the lock; Condition.wait releases it, so other writers pipeline
