@@ -182,6 +182,7 @@ class Hub:
         self.dropped_slow = 0
         self._queued: list[_Ticket] = []  # writes waiting for the next group commit
         self._committed = threading.Condition(self.lock)
+        self.commits = 0  # group commits made (each one transaction, frame and ack)
         self._committing = False
         self.snapshots = 0  # full snapshots sent (the rest caught up from the log)
         self._listener = socket.create_server((host, 0))
@@ -265,6 +266,7 @@ class Hub:
                     ops.append(Op(epoch, seq + len(ops), kind, cache, key, value, expire_at))
                 ticket.position = (epoch, ops[-1].seq)
             self.replica.apply_all(ops, validate=False)  # values encoded by us just now
+            self.commits += 1
             last = ops[-1].seq
             waiting = []
             frame: object = ops[0] if len(ops) == 1 else Batch(tuple(ops))

@@ -324,3 +324,27 @@ def test_set_many_locally(tmp_path, monkeypatch):
         assert sorted(c.items()) == [("a", 1), ("b", b"2")]
     finally:
         cache._forget()
+
+
+def test_concurrent_writers_share_commits_and_each_gets_its_own_position(rig):
+    r = rig()
+    _, replica = r.follower("s1")
+    assert wait_for(lambda: r.hub.live_slaves() == ["s1"])
+    c = r.cache()
+    positions: list[list[tuple[int, int]]] = [[] for _ in range(8)]
+
+    def writer(n: int) -> None:
+        for i in range(100):
+            c.set(f"t{n}-{i}", i)
+            positions[n].append(r.replica.position)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert r.replica.position == (1, 800) == replica.position
+    assert contents(replica) == contents(r.replica) and len(contents(replica)) == 800
+    for mine in positions:
+        assert mine == sorted(mine)  # each thread's writes land in its own order
+    assert r.hub.commits < 800  # writers waiting on acknowledgements were grouped
