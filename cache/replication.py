@@ -183,6 +183,7 @@ class Hub:
         self._queued: list[_Ticket] = []  # writes waiting for the next group commit
         self._committed = threading.Condition(self.lock)
         self.commits = 0  # group commits made (each one transaction, frame and ack)
+        self._awaiting = False  # a writer waits for acknowledgements (under the lock)
         self._committing = False
         self.snapshots = 0  # full snapshots sent (the rest caught up from the log)
         self._listener = socket.create_server((host, 0))
@@ -292,7 +293,17 @@ class Hub:
                 ticket.done = True
 
     def _await(self, links: list[_Link], seq: int) -> None:
-        # called under the lock; Condition.wait releases it, so other writers pipeline
+        # called under the lock; Condition.wait releases it, so other writers pipeline.
+        # _awaiting tells the receive threads to take the lock and notify; they store
+        # the acknowledgement before they look at it, and we look at the acknowledgements
+        # after setting it, so none is missed.
+        self._awaiting = True
+        try:
+            self._await_acks(links, seq)
+        finally:
+            self._awaiting = False
+
+    def _await_acks(self, links: list[_Link], seq: int) -> None:
         deadline = time.monotonic() + self.ack_timeout
         while True:
             pending = [link for link in links if not link.closed and link.acked[1] < seq]
@@ -347,8 +358,10 @@ class Hub:
         if isinstance(frame, Hello):
             self._greet(link, frame)
         elif isinstance(frame, Ack):
+            link.acked = (frame.epoch, frame.seq)
+            if link.live and not self._awaiting:
+                return  # nobody waits for acknowledgements (async, or idle): no lock
             with self.lock:
-                link.acked = (frame.epoch, frame.seq)
                 if not link.live and not link.closed and link.acked[1] >= link.target[1]:
                     link.live = True
                     log.info("slave %s is live at (%d, %d)", link.node_id, *link.acked)
