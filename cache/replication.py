@@ -77,20 +77,24 @@ class _Link:
         self.live = False
         self.closed = False
         self.wake = threading.Condition(hub.lock)
+        self.sender: threading.Thread | None = None
 
     # called under hub.lock
     def enqueue(self, frame: object) -> None:
         self.queue.append(frame)
         self.wake.notify()
 
-    def close(self, reason: str, tell: bool = False) -> None:
+    def close(self, reason: str, tell: bool = False, flush: bool = False) -> None:
+        """Stop this link; ``tell`` sends the slave a Refuse with the reason, after what
+        is still queued when ``flush`` (a clean resignation), instead of it otherwise."""
         with self.hub.lock:
             if self.closed:
                 return
             self.closed = True
             self.live = False
             if tell:
-                self.queue.clear()
+                if not flush:
+                    self.queue.clear()
                 self.queue.append(Refuse(reason))
             self.wake.notify()
             self.hub.cond.notify_all()
@@ -202,13 +206,19 @@ class Hub:
         with self.lock:
             self.epoch = epoch
 
-    def resign(self, reason: str) -> None:
-        """Stop serving: every slave is told and disconnected."""
+    def resign(self, reason: str, flush: bool = False) -> list[_Link]:
+        """Stop serving: every slave is told and disconnected.
+
+        ``flush`` (a clean stop) first sends what is queued, so that an asynchronous
+        write that returned before the stop still reaches the slaves; a demoted master
+        sends nothing more.
+        """
         with self.lock:
             self.epoch = 0
             links = list(self.links)
         for link in links:
-            link.close(reason, tell=True)
+            link.close(reason, tell=True, flush=flush)
+        return links
 
     def write(self, op_fields: tuple) -> tuple[int, int]:
         """Apply (kind, cache, key, value, expire_at) here, stream it, and in sync mode wait."""
@@ -327,11 +337,14 @@ class Hub:
         with self.lock:
             return [link.node_id for link in self.links if link.live]
 
-    def close(self) -> None:
+    def close(self, timeout: float = 2.0) -> None:
         self._closed = True
-        self.resign("the master is closing")
+        deadline = time.monotonic() + timeout
+        for link in self.resign("the master is closing", flush=True):
+            if link.sender is not None:
+                link.sender.join(max(0.0, deadline - time.monotonic()))
         _close(self._listener)
-        self._thread.join(2.0)
+        self._thread.join(max(0.1, deadline - time.monotonic()))
 
     # -- connections -------------------------------------------------------------------------
 
@@ -406,7 +419,10 @@ class Hub:
             self.links.append(link)
             how = "snapshot" if snapshot else f"{len(history)} changes"
         log.info("slave %s joined from (%d, %d): %s", link.node_id, *link.target, how)
-        threading.Thread(target=link.send_loop, name="twinweave-repl-out", daemon=True).start()
+        link.sender = threading.Thread(
+            target=link.send_loop, name="twinweave-repl-out", daemon=True
+        )
+        link.sender.start()
 
     def _refuse(self, link: _Link, reason: str) -> None:
         log.info("replication refused to %s: %s", link.node_id, reason)

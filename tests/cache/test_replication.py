@@ -348,3 +348,18 @@ def test_concurrent_writers_share_commits_and_each_gets_its_own_position(rig):
     for mine in positions:
         assert mine == sorted(mine)  # each thread's writes land in its own order
     assert r.hub.commits < 800  # writers waiting on acknowledgements were grouped
+
+
+def test_a_clean_stop_sends_what_async_writes_queued(tmp_path):
+    r = Rig(tmp_path, sync=False)
+    try:
+        _, replica = r.follower("s1")
+        assert wait_for(lambda: r.hub.live_slaves() == ["s1"])
+        c = r.cache()
+        for i in range(300):
+            c.set(f"k{i}", i)  # async: returns at once, queued for the slave
+        r.hub.close()  # a clean stop flushes the queue before telling the slave
+        assert wait_for(lambda: replica.position == (1, 300))
+        assert len(contents(replica)) == 300
+    finally:
+        r.close()
