@@ -220,6 +220,26 @@ class Hub:
             link.close(reason, tell=True, flush=flush)
         return links
 
+    def drain(self, timeout: float = 1.0) -> bool:
+        """Wait until every live slave acknowledged everything written (a clean stop)."""
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            last = self.replica.position[1]
+            self._awaiting = True
+            try:
+                while True:
+                    pending = [
+                        link
+                        for link in self.links
+                        if link.live and not link.closed and link.acked[1] < last
+                    ]
+                    remaining = deadline - time.monotonic()
+                    if not pending or remaining <= 0:
+                        return not pending
+                    self.cond.wait(remaining)
+            finally:
+                self._awaiting = False
+
     def write(self, op_fields: tuple) -> tuple[int, int]:
         """Apply (kind, cache, key, value, expire_at) here, stream it, and in sync mode wait."""
         return self.write_many([op_fields])

@@ -198,6 +198,9 @@ class Node:
             self.request_stop("the adapter ended", status)
         self._stopped.wait(self.settings.stop_timeout_ms / 1000 + FORCE_GRACE_S)
         if self._resign and not self.demoted:
+            if self.hub is not None and self.machine.state is State.MASTER:
+                # what asynchronous writes queued reaches the slaves before they take over
+                self.hub.drain(min(2.0, max(0.2, 2 * self.settings.delay_s)))
             self._call(self._say_goodbye)
         self.close()
         if self.demoted:

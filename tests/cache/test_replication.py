@@ -363,3 +363,17 @@ def test_a_clean_stop_sends_what_async_writes_queued(tmp_path):
         assert len(contents(replica)) == 300
     finally:
         r.close()
+
+
+def test_drain_waits_for_the_slaves_to_acknowledge_everything(tmp_path):
+    r = Rig(tmp_path, sync=False)
+    try:
+        _, replica = r.follower("s1")
+        assert wait_for(lambda: r.hub.live_slaves() == ["s1"])
+        c = r.cache()
+        for i in range(500):
+            c.set(f"k{i}", i)
+        assert r.hub.drain(5.0)
+        assert replica.position == (1, 500)  # no waiting: drain returned after the ack
+    finally:
+        r.close()
