@@ -1,4 +1,4 @@
-"""Per-call overhead of a woven function, against a bare call and a closure decorator.
+"""Per-call overhead of a woven function, against a bare call, a closure decorator and others.
 
 Issue 2's speed claim, measured on the running Python in one pyperf run::
 
@@ -7,25 +7,34 @@ Issue 2's speed claim, measured on the running Python in one pyperf run::
     cost of two time.perf_counter_ns() calls; functions that no pointcut matches
     cost exactly what they did.
 
+and, for issue 5, the same function under the other instruments people use
+(wrapt, ``sys.setprofile`` with a no-op, cProfile, no-op ``sys.monitoring``
+callbacks, a generic Python plugin receiving every event), plus methods,
+generators and coroutines, each against its own bare call and closure decorator.
+
 Run it from the repository root (see benchmarks/README.md)::
 
-    python benchmarks/overhead.py --fast -o out.json --summary out.summary.json
+    python benchmarks/overhead.py --quick -o out.json --summary out.summary.json
     python benchmarks/overhead.py --processes 10 -o full.json --summary full.summary.json
 
 Every pyperf option works (``--fast``, ``--rigorous``, ``-o``, ``--processes``,
-``--values``, ``--loops``...); ``--summary FILE`` is ours. Each row is timed by
+``--values``, ``--loops``...); ``--summary FILE`` and ``--quick`` (3 processes of
+2 values per row) are ours. Each row is timed by
 the same generated loop, ``INNER_LOOPS`` calls per iteration, so the loop's own
 cost is small and identical for every row that calls a function; pyperf spawns
 the worker processes, calibrates the loop count and reports seconds per call.
 Each worker sets up only the row it measures (the drain thread of the twinweave
 rows only exists in their workers). The summary uses pyperf's **mean** of each
 row and derives every figure from rows of the same run: added cost is ``row -
-bare``, the clock floor is ``perf_counter_ns_x2 - empty_loop``, and the claim is
+bare`` (the bare row of the row's kind), the clock floor is ``perf_counter_ns_x2 -
+empty_loop``, and the claim is
 checked as the two ratios ``added(W) / added(closure_decorator)`` (at most 1)
 and ``added(W) / floor`` (at most 2) for both woven timing rows W
 (``twinweave_timing``, a ``types.FunctionType`` copy as for modules woven in
 place, and ``twinweave_timing_hook``, made by ``MAKE_FUNCTION`` as for modules
 woven by the import hook), plus the code-identity check of ``twinweave_unmatched``.
+Rows the interpreter cannot run (``sys.monitoring`` before 3.12, wrapt not
+installed) are listed with a ``missing:`` line instead of a figure.
 
 Each ``setup_<row>()`` builds one row and returns a :class:`Variant`;
 ``tests/benchmarks/test_overhead_smoke.py`` runs them all once (behaviour only).
@@ -34,12 +43,16 @@ Each ``setup_<row>()`` builds one row and returns a :class:`Variant`;
 from __future__ import annotations
 
 import atexit
+import cProfile
+import functools
+import importlib.util
 import itertools
 import json
 import math
 import os
 import platform
 import sys
+import textwrap
 import time
 import types
 from dataclasses import dataclass, field
@@ -75,6 +88,21 @@ def f(x):
 
 
 def g(x):
+    return x + 1
+
+
+class C:
+    def m(self, x):
+        return x + 1
+
+
+def gen(x):
+    yield x
+    yield x + 1
+    yield x + 2
+
+
+async def coro(x):
     return x + 1
 """
 TARGET_FILE = f"<{TARGET_MODULE}>"
@@ -114,15 +142,22 @@ def _nothing() -> None:
 class Variant:
     """One row, ready to time: the timed loop calls ``fn`` ``INNER_LOOPS`` times per iteration.
 
-    ``on_clock`` runs at the end of each timed value *inside* the timed window (the
-    twinweave rows drain there, so every recorded duration is drained, and paid
-    for, within the value that recorded it); ``off_clock`` runs right after the
-    window. ``close`` ends the row (stops its plugins).
+    ``before`` runs right before the timed window opens and ``after`` right after
+    it closes (the profiler rows switch their profiler on and off there, so it is
+    active around the timed loop and nowhere else); ``on_clock`` runs at the end
+    of each timed value *inside* the timed window (the twinweave rows drain there,
+    so every recorded duration is drained, and paid for, within the value that
+    recorded it); ``off_clock`` runs after the window. ``close`` ends the row (stops
+    its plugins). ``kind`` says what is called and how (see :data:`KINDS`); its
+    ``bare`` and ``closure_decorator`` rows are the row's baselines.
     """
 
     name: str
     fn: Any
     body: str = "fn(arg)"
+    kind: str = "function"
+    before: Callable[[], Any] = _nothing
+    after: Callable[[], Any] = _nothing
     on_clock: Callable[[], Any] = _nothing
     off_clock: Callable[[], Any] = _nothing
     close: Callable[[], Any] = _nothing
@@ -359,7 +394,297 @@ def setup_twinweave_monitoring() -> Variant:
     )
 
 
-SETUPS: dict[str, Callable[[], Variant]] = {
+# -- the other instruments, on the same f -----------------------------------------------------
+
+
+def wrapt_missing() -> str | None:
+    """Why the wrapt row cannot run here, or ``None`` when it can."""
+    if importlib.util.find_spec("wrapt") is None:
+        return "wrapt not installed"
+    return None
+
+
+def setup_wrapt_decorator() -> Variant:
+    """``f`` wrapped by a do-nothing ``@wrapt.decorator`` (``return wrapped(*args, **kwargs)``)."""
+    import wrapt
+
+    @wrapt.decorator
+    def passthrough(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        return wrapped(*args, **kwargs)
+
+    fn = passthrough(load_target()["f"])
+    module = sys.modules.get(type(fn).__module__)
+    path = str(getattr(module, "__file__", "") or "")
+    return Variant(
+        "wrapt_decorator",
+        fn,
+        notes={
+            "wrapt_version": getattr(wrapt, "__version__", "?"),
+            "c_extension": path.endswith((".so", ".pyd")),
+        },
+    )
+
+
+def _noop_profile(frame: Any, event: str, arg: Any) -> None:
+    """A ``sys.setprofile`` function that does nothing."""
+
+
+def setup_setprofile_noop() -> Variant:
+    """``f`` as compiled, with ``sys.setprofile(<no-op>)`` active around the timed loop."""
+    off = functools.partial(sys.setprofile, None)
+    return Variant(
+        "setprofile_noop",
+        load_target()["f"],
+        before=functools.partial(sys.setprofile, _noop_profile),
+        after=off,
+        close=off,
+    )
+
+
+def setup_cprofile() -> Variant:
+    """``f`` as compiled, with a ``cProfile.Profile`` enabled around the timed loop."""
+    profiler = cProfile.Profile()
+    return Variant(
+        "cprofile",
+        load_target()["f"],
+        before=profiler.enable,
+        after=profiler.disable,
+        close=profiler.disable,
+        notes={"profiler": profiler},
+    )
+
+
+MONITORING_TOOL_NAME = "twinweave-bench-noop"
+
+
+def setup_monitoring_noop() -> Variant:
+    """``f`` as compiled, with do-nothing ``sys.monitoring`` PY_START/PY_RETURN callbacks (3.12+).
+
+    Local events on ``f``'s code object only (the timed loop is not instrumented),
+    under a tool id no one else holds; the callbacks return ``None`` (not
+    ``DISABLE``), so they run on every call.
+    """
+    mon = sys.monitoring  # type: ignore[attr-defined]
+    events = mon.events
+    free = [i for i in (5, 4, 3, 1, 0, 2) if mon.get_tool(i) is None]
+    if not free:
+        raise RuntimeError("every sys.monitoring tool id is taken")
+    tool = free[0]
+    mon.use_tool_id(tool, MONITORING_TOOL_NAME)
+
+    def on_start(code: types.CodeType, offset: int) -> None:
+        pass
+
+    def on_return(code: types.CodeType, offset: int, value: Any) -> None:
+        pass
+
+    fn = load_target()["f"]
+    mon.register_callback(tool, events.PY_START, on_start)
+    mon.register_callback(tool, events.PY_RETURN, on_return)
+    mon.set_local_events(tool, fn.__code__, events.PY_START | events.PY_RETURN)
+
+    def close() -> None:
+        if mon.get_tool(tool) != MONITORING_TOOL_NAME:
+            return
+        mon.set_local_events(tool, fn.__code__, 0)
+        mon.register_callback(tool, events.PY_START, None)
+        mon.register_callback(tool, events.PY_RETURN, None)
+        mon.free_tool_id(tool)
+
+    return Variant("monitoring_noop", fn, close=close, notes={"tool_id": tool})
+
+
+class EventCounter(Plugin):
+    """A generic Python plugin that receives every event: ``on_start`` and ``on_step``."""
+
+    name = "event-counter"
+
+    def __init__(self) -> None:
+        self.starts = 0
+        self.steps = 0
+
+    def on_start(self, event: Any) -> None:
+        self.starts += 1
+
+    def on_step(self, step: Step) -> None:
+        self.steps += 1
+
+
+def setup_twinweave_events() -> Variant:
+    """A woven copy of ``f`` whose only plugin is :class:`EventCounter` (start and end events)."""
+    counter = EventCounter()
+    plugin_set = PluginSet([counter])
+    plugin_set.start(CONTEXT)
+    probe = plugin_set.probe_for(BENCH_JOINPOINT)
+    assert probe is not None and probe.steps_mode
+    return Variant(
+        "twinweave_events",
+        woven_copy(load_target()["f"], probe),
+        on_clock=plugin_set.drain,
+        close=plugin_set.stop,
+        plugin_set=plugin_set,
+        probe=probe,
+        notes={"counter": counter},
+    )
+
+
+# -- methods, generators and coroutines -------------------------------------------------------
+
+KINDS: dict[str, dict[str, str]] = {
+    "function": {
+        "body": "fn(arg)",
+        "bare": "bare",
+        "closure_decorator": "closure_decorator",
+        "title": "plain functions: fn(arg), def f(x): return x + 1",
+    },
+    "method": {
+        "body": "fn.m(arg)",
+        "bare": "method_bare",
+        "closure_decorator": "method_closure_decorator",
+        "title": "methods: obj.m(arg) (attribute lookup and call), def m(self, x): return x + 1",
+    },
+    "generator": {
+        "body": "for _v in fn(arg): pass",
+        "bare": "generator_bare",
+        "closure_decorator": "generator_closure_decorator",
+        "title": "generators: for _v in gen(arg): pass, gen yields x, x + 1, x + 2 "
+        "(creation, first next to exhaustion)",
+    },
+    "coroutine": {
+        "body": "c = fn(arg)\ntry:\n    c.send(None)\nexcept StopIteration:\n    pass",
+        "bare": "coroutine_bare",
+        "closure_decorator": "coroutine_closure_decorator",
+        "title": "coroutines: async def coro(x): return x + 1, created and driven by one "
+        ".send(None) to its StopIteration (no event loop)",
+    },
+}
+"""What each kind of row calls (``body``, run by the timed loop) and its two baseline rows."""
+
+
+def use(variant: Variant, arg: Any) -> Any:
+    """One use of ``variant`` as its timed loop makes it, returning the result (for tests)."""
+    fn = variant.fn
+    if variant.kind == "method":
+        return fn.m(arg)
+    if variant.kind == "generator":
+        return list(fn(arg))
+    if variant.kind == "coroutine":
+        c = fn(arg)
+        try:
+            c.send(None)
+        except StopIteration as stop:
+            return stop.value
+        c.close()
+        raise AssertionError("the coroutine did not finish in one send")
+    return fn(arg)
+
+
+def _kind_row(name: str, kind: str, fn: Any, **fields: Any) -> Variant:
+    return Variant(name, fn, body=KINDS[kind]["body"], kind=kind, **fields)
+
+
+def _method_class(decorate: bool = False) -> Any:
+    cls = load_target()["C"]
+    if decorate:
+        cls.m = deco(cls.__dict__["m"])
+    return cls
+
+
+def setup_method_bare() -> Variant:
+    """``obj.m(arg)`` on an instance of the compiled ``C``."""
+    return _kind_row("method_bare", "method", _method_class()())
+
+
+def setup_method_closure_decorator() -> Variant:
+    """``obj.m(arg)`` with ``C.m`` replaced by ``deco(C.m)`` (bound like any function)."""
+    return _kind_row("method_closure_decorator", "method", _method_class(decorate=True)())
+
+
+def setup_generator_bare() -> Variant:
+    """The compiled ``gen``, consumed by a ``for`` loop."""
+    return _kind_row("generator_bare", "generator", load_target()["gen"])
+
+
+def setup_generator_closure_decorator() -> Variant:
+    """``deco(gen)``: the wrapper returns the generator object, so it only spans its creation."""
+    return _kind_row("generator_closure_decorator", "generator", deco(load_target()["gen"]))
+
+
+def setup_coroutine_bare() -> Variant:
+    """The compiled ``coro``, driven by ``.send(None)``."""
+    return _kind_row("coroutine_bare", "coroutine", load_target()["coro"])
+
+
+def setup_coroutine_closure_decorator() -> Variant:
+    """``deco(coro)``: the wrapper returns the coroutine object, so it only spans its creation."""
+    return _kind_row("coroutine_closure_decorator", "coroutine", deco(load_target()["coro"]))
+
+
+def _hook_woven_row(name: str, kind: str, qualname: str) -> Variant:
+    """``qualname`` of the target module woven by the import hook's call, timing plugin on.
+
+    As ``twinweave_timing_hook``: a real agent whose pointcut matches ``qualname``,
+    its plugin set started (drain thread running), the module's code woven by
+    ``Agent.weave_module`` and run, so the function is made by ``MAKE_FUNCTION``;
+    every value ends with a drain on the clock.
+    """
+    agent = agent_for(qualname)
+    agent.plugins.start(CONTEXT)
+    namespace = load_target(
+        agent.weave_module(compile(TARGET_SOURCE, TARGET_FILE, "exec"), [TARGET_MODULE])
+    )
+    if kind == "method":
+        fn = namespace["C"]()
+        code = namespace["C"].__dict__["m"].__code__
+    else:
+        fn = namespace[qualname]
+        code = fn.__code__
+    probe = probe_of(code)
+    assert probe is not None and not probe.steps_mode
+    (timing,) = agent.plugins.plugins
+    return _kind_row(
+        name,
+        kind,
+        fn,
+        on_clock=agent.plugins.drain,
+        close=agent.stop,
+        plugin_set=agent.plugins,
+        timing=timing,
+        probe=probe,
+    )
+
+
+def setup_method_twinweave_timing() -> Variant:
+    """``C.m`` woven by the import hook's call, timing plugin and drain on."""
+    return _hook_woven_row("method_twinweave_timing", "method", "C.m")
+
+
+def setup_generator_twinweave_timing() -> Variant:
+    """``gen`` woven by the import hook's call, timing plugin and drain on."""
+    return _hook_woven_row("generator_twinweave_timing", "generator", "gen")
+
+
+def setup_coroutine_twinweave_timing() -> Variant:
+    """``coro`` woven by the import hook's call, timing plugin and drain on."""
+    return _hook_woven_row("coroutine_twinweave_timing", "coroutine", "coro")
+
+
+def missing_rows() -> dict[str, str]:
+    """Rows this interpreter cannot measure, and why."""
+    missing: dict[str, str] = {}
+    if sys.version_info < (3, 12):
+        missing["twinweave_monitoring"] = "sys.monitoring exists from Python 3.12"
+        missing["monitoring_noop"] = "sys.monitoring exists from Python 3.12"
+    why = wrapt_missing()
+    if why is not None:
+        missing["wrapt_decorator"] = why
+    return missing
+
+
+MISSING = missing_rows()
+"""Rows this interpreter cannot measure, and why (each gets a ``missing:`` line)."""
+
+ALL_SETUPS: dict[str, Callable[[], Variant]] = {
     "empty_loop": setup_empty_loop,
     "bare": setup_bare,
     "closure_decorator": setup_closure_decorator,
@@ -369,10 +694,42 @@ SETUPS: dict[str, Callable[[], Variant]] = {
     "perf_counter_ns_x2": setup_perf_counter_ns_x2,
     "twinweave_timing_python": setup_twinweave_timing_python,
     "twinweave_steps": setup_twinweave_steps,
+    "twinweave_monitoring": setup_twinweave_monitoring,
+    "twinweave_events": setup_twinweave_events,
+    "wrapt_decorator": setup_wrapt_decorator,
+    "setprofile_noop": setup_setprofile_noop,
+    "cprofile": setup_cprofile,
+    "monitoring_noop": setup_monitoring_noop,
+    "method_bare": setup_method_bare,
+    "method_closure_decorator": setup_method_closure_decorator,
+    "method_twinweave_timing": setup_method_twinweave_timing,
+    "generator_bare": setup_generator_bare,
+    "generator_closure_decorator": setup_generator_closure_decorator,
+    "generator_twinweave_timing": setup_generator_twinweave_timing,
+    "coroutine_bare": setup_coroutine_bare,
+    "coroutine_closure_decorator": setup_coroutine_closure_decorator,
+    "coroutine_twinweave_timing": setup_coroutine_twinweave_timing,
 }
-if sys.version_info >= (3, 12):  # before 3.12 there is no sys.monitoring: the row is missing
-    SETUPS["twinweave_monitoring"] = setup_twinweave_monitoring
-"""Every row, in the order pyperf runs them."""
+"""Every row there is, in the order pyperf runs them (and the table shows them)."""
+
+SETUPS: dict[str, Callable[[], Variant]] = {
+    name: setup for name, setup in ALL_SETUPS.items() if name not in MISSING
+}
+"""The rows measured on this interpreter."""
+
+KIND_OF: dict[str, str] = {
+    name: kind
+    for kind in ("method", "generator", "coroutine")
+    for name in ALL_SETUPS
+    if name.startswith(f"{kind}_")
+}
+KIND_OF.update(empty_loop="clock", perf_counter_ns_x2="clock")
+"""Row -> kind (rows not listed are plain functions; ``clock`` rows call nothing)."""
+
+
+def kind_of(name: str) -> str:
+    return KIND_OF.get(name, "function")
+
 
 DESCRIPTIONS = {
     "empty_loop": "the timed loop alone (per call slot)",
@@ -380,32 +737,57 @@ DESCRIPTIONS = {
     "closure_decorator": "f wrapped by a do-nothing *a/**k closure",
     "twinweave_timing": "f woven, timing mode, timing plugin + drain thread on",
     "twinweave_timing_hook": "the same, f made by MAKE_FUNCTION (import-hook path)",
-    "twinweave_unmatched": "f in a woven module, matched by no pointcut",
+    "twinweave_unmatched": "f in a woven module, matched by no pointcut; also the 'no plugin "
+    "subscribed' case: a join point no plugin accepts is not woven at all",
     "perf_counter_ns_x2": "two perf_counter_ns() calls (no function call)",
     "twinweave_timing_python": "the same on the pure-Python path (no C accelerator)",
-    "twinweave_steps": "f woven, steps mode, a Python on_step plugin",
+    "twinweave_steps": "f woven, steps mode, a Python on_step plugin + timing plugin",
     "twinweave_monitoring": "f seen by the sys.monitoring backend, timing plugin on",
+    "twinweave_events": "f woven, steps mode, only a generic Python plugin with on_start + "
+    "on_step (every event)",
+    "wrapt_decorator": "f wrapped by a do-nothing @wrapt.decorator",
+    "setprofile_noop": "f, sys.setprofile(no-op function) on around the timed loop",
+    "cprofile": "f, cProfile.Profile enabled around the timed loop",
+    "monitoring_noop": "f, sys.monitoring PY_START + PY_RETURN no-op callbacks on its code",
+    "method_bare": "obj.m(arg), m as compiled",
+    "method_closure_decorator": "obj.m(arg), m = deco(m)",
+    "method_twinweave_timing": "obj.m(arg), m woven (import-hook path), timing plugin on",
+    "generator_bare": "gen as compiled",
+    "generator_closure_decorator": "deco(gen): wrapper returns the generator, so it only "
+    "spans creation, not the iteration",
+    "generator_twinweave_timing": "gen woven (import-hook path; timed from first resume to "
+    "exhaustion), timing plugin on",
+    "coroutine_bare": "coro as compiled",
+    "coroutine_closure_decorator": "deco(coro): wrapper returns the coroutine, so it only "
+    "spans creation, not the run",
+    "coroutine_twinweave_timing": "coro woven (import-hook path; timed from first send to "
+    "return), timing plugin on",
 }
 
 
 # -- the timed loop --------------------------------------------------------------------------
 
 _LOOP_SOURCE = """\
-def timed_loop(loops, fn, arg, on_clock, off_clock):
+def timed_loop(loops, fn, arg, on_clock, off_clock, before, after):
     it = _repeat(None, loops)
+    before()
     t0 = _clock()
     for _ in it:
 {body}
     on_clock()
     elapsed = _clock() - t0
+    after()
     off_clock()
     return elapsed
 """
 
 
 def make_loop(body: str, inner: int = INNER_LOOPS) -> Callable[..., float]:
-    """A fresh timing loop (its own code object) running ``body`` ``inner`` times per iteration."""
-    lines = "\n".join(f"        {body}" for _ in range(inner))
+    """A fresh timing loop (its own code object) running ``body`` ``inner`` times per iteration.
+
+    ``body`` may span several lines (the coroutine rows' ``try``/``except``).
+    """
+    lines = "\n".join(textwrap.indent(body, " " * 8) for _ in range(inner))
     namespace: dict[str, Any] = {"_repeat": itertools.repeat, "_clock": time.perf_counter}
     exec(compile(_LOOP_SOURCE.format(body=lines), f"<timed loop: {body}>", "exec"), namespace)
     return namespace["timed_loop"]
@@ -413,7 +795,9 @@ def make_loop(body: str, inner: int = INNER_LOOPS) -> Callable[..., float]:
 
 def run_variant(variant: Variant, loop: Callable[..., float], loops: int) -> float:
     """Time ``loops`` iterations of ``loop`` on ``variant``; seconds."""
-    return loop(loops, variant.fn, ARG, variant.on_clock, variant.off_clock)
+    return loop(
+        loops, variant.fn, ARG, variant.on_clock, variant.off_clock, variant.before, variant.after
+    )
 
 
 _live: dict[str, tuple[Variant, Callable[..., float]]] = {}
@@ -461,14 +845,38 @@ CLAIM_ROWS = ("twinweave_timing", "twinweave_timing_hook")
 """The woven timing-mode rows the claim is checked on (each present one must pass)."""
 
 
+def _baselines(name: str, rows: dict[str, dict[str, Any]]) -> tuple[Any, Any]:
+    """The stats of the bare and closure-decorator rows of ``name``'s kind (``None`` if absent)."""
+    kind = KINDS.get(kind_of(name), KINDS["function"])
+    return rows.get(kind["bare"]), rows.get(kind["closure_decorator"])
+
+
+def _is_bare(name: str) -> bool:
+    return name in {kind["bare"] for kind in KINDS.values()}
+
+
 def summarize(rows: dict[str, dict[str, Any]], unmatched_notes: dict[str, Any]) -> dict[str, Any]:
-    """Added costs and the claim's ratios from pyperf means of one run (``rows``: name -> stats)."""
+    """Added costs and the claim's ratios from pyperf means of one run (``rows``: name -> stats).
+
+    Every row is compared with the ``bare`` and ``closure_decorator`` rows of its
+    kind (plain function, method, generator, coroutine; see :data:`KINDS`).
+    """
     bare = rows["bare"]
-    added = {
-        name: _difference(stats, bare)
-        for name, stats in rows.items()
-        if name not in ("bare", "empty_loop", "perf_counter_ns_x2")
-    }
+    added: dict[str, Any] = {}
+    vs_baselines: dict[str, Any] = {}
+    for name, stats in rows.items():
+        kind_bare, kind_deco = _baselines(name, rows)
+        if kind_of(name) == "clock" or kind_bare is None:
+            continue
+        entry: dict[str, Any] = {"x_bare": stats["mean_ns"] / kind_bare["mean_ns"]}
+        if kind_deco is not None:
+            entry["x_decorator"] = stats["mean_ns"] / kind_deco["mean_ns"]
+        if not _is_bare(name):
+            added[name] = _difference(stats, kind_bare)
+            if kind_deco is not None:
+                deco_added = _difference(kind_deco, kind_bare)
+                entry["added_vs_decorator_added"] = _ratio(added[name], deco_added)["value"]
+        vs_baselines[name] = entry
     floor = _difference(rows["perf_counter_ns_x2"], rows["empty_loop"])
     ratios: dict[str, Any] = {}
     claim: dict[str, bool] = {}
@@ -503,12 +911,17 @@ def summarize(rows: dict[str, dict[str, Any]], unmatched_notes: dict[str, Any]) 
         "executable": sys.executable,
         "statistic": "mean of pyperf values (ns per call); sem = stdev / sqrt(values)",
         "inner_loops": INNER_LOOPS,
-        "rows": {name: dict(stats, description=DESCRIPTIONS[name]) for name, stats in rows.items()},
+        "rows": {
+            name: dict(stats, description=DESCRIPTIONS[name], kind=kind_of(name))
+            for name, stats in rows.items()
+        },
         "added_vs_bare": added,
+        "vs_baselines": vs_baselines,
         "clock_floor": dict(floor, definition="perf_counter_ns_x2 - empty_loop"),
         "ratios": ratios,
         "unmatched": unmatched_notes,
         "claim": claim,
+        "missing": [f"{name}: missing: {reason}" for name, reason in MISSING.items()],
     }
     summary["timing_path"] = speedups.CLOCK if speedups.available() else "python"
     if "twinweave_monitoring" in rows:
@@ -518,8 +931,6 @@ def summarize(rows: dict[str, dict[str, Any]], unmatched_notes: dict[str, Any]) 
             "monitoring_ns": rows["twinweave_monitoring"]["mean_ns"],
             "faster": "bytecode" if faster == "twinweave_timing" else "monitoring",
         }
-    else:
-        summary["missing"] = ["twinweave_monitoring: sys.monitoring exists from Python 3.12"]
     if "twinweave_timing_python" in rows:
         summary["python_path_added"] = dict(
             _difference(rows["twinweave_timing_python"], rows["bare"]),
@@ -532,26 +943,59 @@ def _verdict(ok: bool) -> str:
     return "holds" if ok else "FAILS"
 
 
+def _row_order(names: Any) -> list[str]:
+    """``names`` in table order: every known row in :data:`ALL_SETUPS` order, then the rest."""
+    names = list(names)
+    known = [name for name in ALL_SETUPS if name in names]
+    return known + [name for name in names if name not in ALL_SETUPS]
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The summary as a small text table."""
     rows = summary["rows"]
     bare = rows["bare"]["mean_ns"]
     added = summary["added_vs_bare"]
+    vs = summary.get("vs_baselines", {})
     ratios = summary["ratios"]
     claim = summary["claim"]
     choice = summary.get("backend_choice")
+    missing = {}
+    for line in summary.get("missing", []):
+        name, _, reason = line.partition(": ")
+        missing[name] = reason[len("missing: ") :] if reason.startswith("missing: ") else reason
     out: list[str] = [
         f"twinweave call overhead, {summary['implementation']} {summary['python']}: pyperf mean "
         f"(ns per call, +- sem), {summary['inner_loops']} calls per loop iteration; "
         f"timing path: {summary.get('timing_path', '?')}",
+        "x bare / x deco: mean / mean of the bare / closure-decorator row of the same kind; "
+        "added: mean - bare; added/deco: added / added(closure decorator)",
         "",
-        f"{'row':<26} {'mean ns':>9} {'+-sem':>7} {'x bare':>7} {'added ns':>10}  what",
+        f"{'row':<28} {'mean ns':>9} {'+-sem':>7} {'x bare':>7} {'x deco':>7} "
+        f"{'added ns':>9} {'added/deco':>10}  what",
     ]
-    for name, stats in rows.items():
-        extra = f"{added[name]['ns']:>10.1f}" if name in added else f"{'':>10}"
+    kind = None
+    for name in _row_order([*rows, *missing]):
+        row_kind = rows[name].get("kind", kind_of(name)) if name in rows else kind_of(name)
+        section = row_kind if row_kind in KINDS else "function"
+        if section != kind:
+            kind = section
+            out.append(f"-- {KINDS[kind]['title']}")
+        if name not in rows:
+            out.append(f"{name:<28} missing: {missing[name]}")
+            continue
+        stats = rows[name]
+        entry = vs.get(name, {})
+        x_bare = entry.get("x_bare", stats["mean_ns"] / bare)
+        x_deco = f"{entry['x_decorator']:>7.2f}" if "x_decorator" in entry else f"{'':>7}"
+        extra = f"{added[name]['ns']:>9.1f}" if name in added else f"{'':>9}"
+        deco = (
+            f"{entry['added_vs_decorator_added']:>10.2f}"
+            if "added_vs_decorator_added" in entry
+            else f"{'':>10}"
+        )
         out.append(
-            f"{name:<26} {stats['mean_ns']:>9.1f} {stats['sem_ns']:>7.1f} "
-            f"{stats['mean_ns'] / bare:>7.2f} {extra}  {stats['description']}"
+            f"{name:<28} {stats['mean_ns']:>9.1f} {stats['sem_ns']:>7.1f} "
+            f"{x_bare:>7.2f} {x_deco} {extra} {deco}  {stats['description']}"
         )
     figures = [
         (f"added({name})", f"{name} - bare", added[name])
@@ -563,8 +1007,6 @@ def format_summary(summary: dict[str, Any]) -> str:
         figures.append(
             ("added(python path)", "twinweave_timing_python - bare", summary["python_path_added"])
         )
-    for missing in summary.get("missing", []):
-        out.append(f"{'(missing)':<26} {missing}")
     out.append("")
     for label, definition, figure in figures:
         out.append(
@@ -572,8 +1014,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
     out.append("")
     for row in CLAIM_ROWS:
-        for kind, against in (("decorator", "added(decorator)"), ("clock_floor", "clock floor")):
-            key = f"{row}_vs_{kind}"
+        for kind_name, against in (
+            ("decorator", "added(decorator)"),
+            ("clock_floor", "clock floor"),
+        ):
+            key = f"{row}_vs_{kind_name}"
             if key not in ratios:
                 continue
             ratio = ratios[key]
@@ -608,6 +1053,22 @@ def unmatched_notes() -> dict[str, Any]:
         variant.close()
 
 
+QUICK_ARGS = ("--processes", "3", "--values", "2")
+"""What ``--quick`` stands for: pyperf's ``--fast`` (2 values per process) with 3 processes.
+
+pyperf's ``--fast`` always runs 10 worker processes per row (and overrides
+``--processes``); 3 is the floor pyperf itself keeps for ``--fast``.
+"""
+
+
+def expand_quick(argv: list[str]) -> list[str]:
+    """``argv`` with ``--quick`` replaced by :data:`QUICK_ARGS` (later options still win)."""
+    if "--quick" not in argv:
+        return list(argv)
+    rest = [arg for arg in argv if arg != "--quick"]
+    return [*QUICK_ARGS, *rest]
+
+
 def main(argv: list[str] | None = None) -> int:
     import pyperf  # only the benchmark itself needs it (the smoke test does not)
 
@@ -618,7 +1079,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE",
         help="write the added costs and the claim's ratios (from this run) as JSON to FILE",
     )
-    runner.parse_args(argv)
+    runner.argparser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a quick look: same as {' '.join(QUICK_ARGS)} (pyperf's --fast, fewer processes)",
+    )
+    runner.parse_args(expand_quick(sys.argv[1:] if argv is None else argv))
     results: dict[str, Any] = {}
     for name in SETUPS:
         results[name] = runner.bench_time_func(
