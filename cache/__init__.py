@@ -41,6 +41,7 @@ from typing import Any
 from cache.replica import check_name
 from cache.replication import NotMasterError
 from cache.store import LocalStore, StoreError, check_key, decode_value, encode_value
+from cache.wire import Kind
 
 __all__ = ["FAILOVER_CACHE", "Cache", "NotMasterError", "StoreError", "get_cache"]
 
@@ -96,8 +97,6 @@ class Cache:
 
     def set(self, key: str, value: Any, expire: float | None = None) -> None:
         """Store ``value`` under ``key``; ``expire`` seconds from now it is gone."""
-        from cache.wire import Kind
-
         encoded = encode_value(value)
         expire_at = None if expire is None else time.time() + float(expire)
         self._write(Kind.PUT, check_key(key), encoded, expire_at)
@@ -108,8 +107,6 @@ class Cache:
         One local transaction, and under ``--failover`` one frame and one
         acknowledgement for all of them: the cheap way to write many entries.
         """
-        from cache.wire import Kind
-
         pairs = items.items() if hasattr(items, "items") else items
         expire_at = None if expire is None else time.time() + float(expire)
         fields = [
@@ -130,8 +127,6 @@ class Cache:
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; True if it was there."""
-        from cache.wire import Kind
-
         existed = check_key(key) in self._store
         self._write(Kind.DELETE, key, b"", None)
         return existed
@@ -141,21 +136,13 @@ class Cache:
             raise KeyError(key)
 
     def clear(self) -> None:
-        from cache.wire import Kind
-
         self._write(Kind.CLEAR, "", b"", None)
 
-    def _write(self, kind: Any, key: str, encoded: bytes, expire_at: float | None) -> None:
-        from cache.wire import Kind
-
+    def _write(self, kind: Kind, key: str, encoded: bytes, expire_at: float | None) -> None:
         if self._writer is not None:
             self._writer.write((kind, self.name, key, encoded, expire_at))
-        elif kind is Kind.PUT:
-            self._store.put(key, encoded, expire_at)
-        elif kind is Kind.DELETE:
-            self._store.delete(key)
         else:
-            self._store.clear()
+            self._store.apply(kind, key, encoded, expire_at)
 
     def __repr__(self) -> str:
         mode = "replicated" if self._writer is not None else "local"

@@ -98,15 +98,7 @@ class Replica:
 
     def apply(self, op: Op) -> None:
         """Apply one change, in order: its seq must follow ours and its epoch not go back."""
-        with self._lock:
-            epoch, seq = self.position
-            if op.seq != seq + 1 or op.epoch < epoch:
-                raise ReplicaError(
-                    f"change ({op.epoch}, {op.seq}) does not follow position ({epoch}, {seq})"
-                )
-            self._apply(self.store(op.cache), op)
-            self.position = (op.epoch, op.seq)
-            self._log.append(op)
+        self.apply_all([op])
 
     def apply_all(self, ops: list[Op], validate: bool = True) -> None:
         """Apply consecutive changes, one transaction per run of changes to the same store.
@@ -143,22 +135,15 @@ class Replica:
     def _apply(
         self, store: LocalStore, op: Op, validate: bool = True, with_position: bool = True
     ) -> None:
-        position = (op.epoch, op.seq) if with_position else None
-        if op.kind is Kind.PUT:
+        if validate and op.kind is Kind.PUT:
             try:
-                if validate:
-                    decode_value(op.value)
+                decode_value(op.value)
             except Exception as exc:
                 raise ReplicaError(
                     f"change ({op.epoch}, {op.seq}) carries a bad value: {exc}"
                 ) from None
-            store.put(op.key, op.value, op.expire_at, position=position)
-        elif op.kind is Kind.DELETE:
-            store.delete(op.key, position=position)
-        elif op.kind is Kind.CLEAR:
-            store.clear(position=position)
-        else:  # pragma: no cover - the wire refuses unknown kinds
-            raise ReplicaError(f"unknown change kind {op.kind!r}")
+        position = (op.epoch, op.seq) if with_position else None
+        store.apply(op.kind, op.key, op.value, op.expire_at, position)
 
     def history_after(self, position: tuple[int, int]) -> list[Op] | None:
         """The changes after ``position`` if it is in our history and they are all logged."""

@@ -24,6 +24,8 @@ from typing import Any
 import diskcache
 from diskcache.core import MODE_BINARY, MODE_RAW, UNKNOWN
 
+from cache.wire import Kind
+
 #: reserved key holding the replication position (epoch, seq) of the last applied change
 POSITION_KEY = "\x00twinweave.position"
 _TAG_JSON = b"J"
@@ -195,6 +197,24 @@ class LocalStore:
                     self._cache.delete(key, retry=True)
             if position is not None:
                 self._set_position(position)
+
+    def apply(
+        self,
+        kind: Kind,
+        key: str,
+        encoded: bytes,
+        expire_at: float | None,
+        position: tuple[int, int] | None = None,
+    ) -> None:
+        """One change of the replication vocabulary (put, delete or clear), applied here."""
+        if kind is Kind.PUT:
+            self.put(key, encoded, expire_at, position=position)
+        elif kind is Kind.DELETE:
+            self.delete(key, position=position)
+        elif kind is Kind.CLEAR:
+            self.clear(position=position)
+        else:  # pragma: no cover - the wire refuses unknown kinds
+            raise ValueError(f"unknown change kind {kind!r}")
 
     def set_position(self, position: tuple[int, int]) -> None:
         self._set_position(position)

@@ -117,7 +117,6 @@ class Node:
         self._adapter_running = False
         self._interrupting = False
         self.promoted_at: float | None = None
-        self._promotion: Promote | None = None
 
     # -- life ------------------------------------------------------------------------------
 
@@ -287,12 +286,7 @@ class Node:
             call()
 
     def _apply(self, actions: list[Action]) -> None:
-        promotion: Promote | None = None
-        try:
-            self._perform(actions)
-        finally:
-            promotion = self._promotion
-            self._promotion = None
+        promotion = self._perform(actions)
         if promotion is not None:
             # after the first master heartbeat went out, so the other candidates hear it
             # while this node stops its follower and takes over
@@ -300,7 +294,9 @@ class Node:
             self._announce("master", promotion.epoch)
             self.promoted.set()
 
-    def _perform(self, actions: list[Action]) -> None:
+    def _perform(self, actions: list[Action]) -> Promote | None:
+        """Carry out the actions in order; the promotion among them, if any, is returned."""
+        promotion: Promote | None = None
         for action in actions:
             if isinstance(action, Send):
                 self._send(action.role, action.epoch)
@@ -317,12 +313,12 @@ class Node:
                     for goodbye in self.machine.stop(time.monotonic()):
                         self._send(goodbye.role, goodbye.epoch)
                     self.request_stop("the epoch could not be persisted", EXIT_FAILED, False)
-                    return
+                    return None
             elif isinstance(action, Promote):
                 self.promoted_at = time.monotonic()
                 log.info("Promoted to Master node (epoch %d, %s)", action.epoch, action.reason)
                 log.info("Failover Manager has been promoted")
-                self._promotion = action
+                promotion = action
             elif isinstance(action, Demote):
                 log.warning("Demoted: %s", action.reason)
                 self.demoted = True
@@ -344,6 +340,7 @@ class Node:
                     log.warning(
                         "Master %s lost: %s; standing for election", action.master, action.reason
                     )
+        return promotion
 
     def _send(self, role: Role, epoch: int) -> None:
         if self.transport is None:
@@ -376,24 +373,20 @@ class Node:
             log.info("Resigned as master (epoch %d)", self.machine.epoch)
 
     def _post(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` in the loop thread soon; do not wait (directly if the loop is gone)."""
+        """Run ``fn`` in the loop thread soon, without waiting (at once from the loop thread
+        itself, or when the loop is gone)."""
         thread = self._thread
         if self._closed or thread is None or not thread.is_alive():
             fn()
-            return
-        if thread is threading.current_thread():
+        elif thread is threading.current_thread():
             fn()
-            return
-        with self._lock:
-            self._calls.append(fn)
-        self._wake()
+        else:
+            with self._lock:
+                self._calls.append(fn)
+            self._wake()
 
     def _call(self, fn: Callable[[], None], timeout: float = 2.0) -> None:
-        """Run ``fn`` in the loop thread and wait for it (directly if the loop is gone)."""
-        thread = self._thread
-        if self._closed or thread is None or not thread.is_alive():
-            fn()
-            return
+        """Run ``fn`` in the loop thread and wait for it (at most ``timeout``)."""
         done = threading.Event()
 
         def run() -> None:
@@ -402,9 +395,7 @@ class Node:
             finally:
                 done.set()
 
-        with self._lock:
-            self._calls.append(run)
-        self._wake()
+        self._post(run)
         done.wait(timeout)
 
     def _wake(self) -> None:

@@ -20,6 +20,7 @@ import logging
 import threading
 from typing import Any
 
+import cluster
 from agent.events import JoinPoint, StartEvent, Step
 from agent.plugins import AgentContext, Plugin
 
@@ -42,15 +43,14 @@ class FailoverPlugin(Plugin):
         return joinpoint.type == "workflow"
 
     def _store(self) -> Any:
-        import cluster
-
+        """The cache to record in, or None when this process is not a master right now."""
         node = cluster.current()
         if node is None or not node.is_master():
             return None
         if self._cache is None:
             with self._lock:
                 if self._cache is None:
-                    from cache import FAILOVER_CACHE, get_cache
+                    from cache import FAILOVER_CACHE, get_cache  # diskcache: only when needed
 
                     self._cache = get_cache(FAILOVER_CACHE)
         return self._cache
@@ -61,8 +61,6 @@ class FailoverPlugin(Plugin):
         store = self._store()
         if store is None:
             return
-        import cluster
-
         jp = event.joinpoint
         store.set(
             str(event.message_id),
