@@ -47,7 +47,6 @@ import cProfile
 import functools
 import importlib.util
 import itertools
-import json
 import math
 import os
 import platform
@@ -69,6 +68,7 @@ from agent.plugins.timing import TimingPlugin  # noqa: E402
 from agent.pointcuts import parse as parse_pointcuts  # noqa: E402
 from agent.runtime import Agent  # noqa: E402
 from agent.weaving.rewrite import probe_of, weave_code  # noqa: E402
+from benchmarks._pyperf import add_options, expand_quick, finish, mean_sem  # noqa: E402
 
 INNER_LOOPS = 20
 """Calls per iteration of the timed loop (the loop is unrolled this many times)."""
@@ -818,14 +818,13 @@ def time_row(loops: int, name: str) -> float:
 
 
 def _stats(bench: Any) -> dict[str, Any]:
-    values = bench.get_values()
-    mean = bench.mean()
-    stdev = bench.stdev() if len(values) > 1 else 0.0
+    mean, sem, count = mean_sem(bench)
+    stdev = bench.stdev() if count > 1 else 0.0
     return {
         "mean_ns": mean * 1e9,
         "stdev_ns": stdev * 1e9,
-        "sem_ns": stdev / math.sqrt(len(values)) * 1e9,
-        "values": len(values),
+        "sem_ns": sem * 1e9,
+        "values": count,
     }
 
 
@@ -1061,30 +1060,13 @@ pyperf's ``--fast`` always runs 10 worker processes per row (and overrides
 """
 
 
-def expand_quick(argv: list[str]) -> list[str]:
-    """``argv`` with ``--quick`` replaced by :data:`QUICK_ARGS` (later options still win)."""
-    if "--quick" not in argv:
-        return list(argv)
-    rest = [arg for arg in argv if arg != "--quick"]
-    return [*QUICK_ARGS, *rest]
-
-
 def main(argv: list[str] | None = None) -> int:
     import pyperf  # only the benchmark itself needs it (the smoke test does not)
 
     runner = pyperf.Runner()
     runner.metadata["description"] = "twinweave: per-call overhead of the timing probe"
-    runner.argparser.add_argument(
-        "--summary",
-        metavar="FILE",
-        help="write the added costs and the claim's ratios (from this run) as JSON to FILE",
-    )
-    runner.argparser.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"a quick look: same as {' '.join(QUICK_ARGS)} (pyperf's --fast, fewer processes)",
-    )
-    runner.parse_args(expand_quick(sys.argv[1:] if argv is None else argv))
+    add_options(runner, QUICK_ARGS, " (pyperf's --fast, fewer processes)")
+    runner.parse_args(expand_quick(sys.argv[1:] if argv is None else argv, QUICK_ARGS))
     results: dict[str, Any] = {}
     for name in SETUPS:
         results[name] = runner.bench_time_func(
@@ -1098,16 +1080,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker or any(bench is None for bench in results.values()):
         return 0  # a worker, or a pyperf mode that measured nothing here (--compare-to...)
     rows = {name: _stats(bench) for name, bench in results.items()}
-    summary = summarize(rows, unmatched_notes())
-    summary["pyperf_output"] = os.path.abspath(args.output) if args.output else None
-    print()
-    print(format_summary(summary))
-    if args.summary:
-        with open(args.summary, "w", encoding="utf-8") as stream:
-            json.dump(summary, stream, indent=2)
-            stream.write("\n")
-        print(f"summary written to {args.summary}")
-    return 0
+    return finish(summarize(rows, unmatched_notes()), args, format_summary)
 
 
 if __name__ == "__main__":

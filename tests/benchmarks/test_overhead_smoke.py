@@ -14,29 +14,14 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from benchmarks import overhead
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "overhead.py"
 CALLS = 7
-
-
-def _load() -> ModuleType:
-    """Import the benchmark script from its file (it need not be on sys.path)."""
-    name = "twinweave_benchmarks_overhead"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-overhead = _load()
 
 
 @pytest.fixture(params=sorted(overhead.SETUPS))
@@ -347,16 +332,6 @@ def test_kinds_are_compared_with_their_own_baselines() -> None:
             assert f"missing: {overhead.MISSING[name]}" in lines[name]
     for kind in overhead.KINDS.values():
         assert f"-- {kind['title']}" in text
-
-
-def test_quick_stands_for_fast_like_pyperf_options() -> None:
-    assert overhead.expand_quick(["--quick", "-o", "x.json"]) == [
-        *overhead.QUICK_ARGS,
-        "-o",
-        "x.json",
-    ]
-    assert overhead.expand_quick(["--quick", "--processes", "5"])[-2:] == ["--processes", "5"]
-    assert overhead.expand_quick(["--fast"]) == ["--fast"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("pyperf") is None, reason="pyperf not installed")
