@@ -39,12 +39,26 @@ EXIT_USAGE = 2
 _OUR_FILES = {os.path.abspath(__file__), os.path.abspath(runpy.__file__)}
 
 
+class _UntilAppConfigures(logging.StreamHandler):
+    """stderr for the agent's messages while the application has no logging of its own.
+
+    Decided per message, not once at start: an application usually configures logging
+    after the agent started (``logging.basicConfig`` in its ``main``); from then on its
+    root handlers get the messages (they propagate) and this one stays quiet, so
+    nothing is printed twice.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not logging.getLogger().handlers:
+            super().emit(record)
+
+
 def configure_logging(verbose: bool) -> None:
     """Send the agent's messages to stderr unless the application configures logging."""
     logger = logging.getLogger("agent")
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     if not logging.getLogger().handlers and not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _UntilAppConfigures()
         handler.setFormatter(logging.Formatter("twinweave %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
         logger.addHandler(handler)

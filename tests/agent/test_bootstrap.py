@@ -172,6 +172,40 @@ def test_bad_plugins_do_not_crash_the_program(project, tmp_path):
     assert components(project / "r.json")["app.Flow.on_message"]["count"] == 2
 
 
+def test_agent_messages_print_once_whether_or_not_the_app_configures_logging(project):
+    (project / "app" / "logs.py").write_text(
+        textwrap.dedent(
+            """
+            import logging, sys
+            class Boom:
+                name = "boom"
+                def on_step(self, step):
+                    raise RuntimeError("plugin bug")
+            class Flow:
+                def on_message(self, message):
+                    return message
+            if __name__ == "__main__":
+                if "configure" in sys.argv:
+                    logging.basicConfig(format="APP %(name)s: %(message)s")
+                Flow().on_message("one")
+                Flow().on_message("two")
+            """
+        )
+    )
+    (project / "aop.xml").write_text(
+        POINTCUTS.replace("app.Flow.on_message(message)", "logs.Flow.on_message(message)").replace(
+            '<plugin name="timing"/>', '<plugin factory="logs:Boom"/>'
+        )
+    )
+    env = {"PYTHONPATH": f"{ROOT}:app"}
+    for args, prefix in (((), "twinweave ERROR"), (("configure",), "APP agent")):
+        result = bootstrap(project, "app/logs.py", *args, env=env)
+        assert result.returncode == 0, result.stderr
+        lines = [line for line in result.stderr.splitlines() if "plugin boom raised" in line]
+        assert len(lines) == 1, result.stderr  # once: not once per handler, nor per call
+        assert lines[0].startswith(prefix), result.stderr
+
+
 site_hook_installed = pytest.mark.skipif(
     not (Path(sysconfig.get_paths()["purelib"]) / "twinweave.pth").exists(),
     reason="twinweave.pth is installed by `pip install -e .`/`pip install .`; this interpreter "
