@@ -187,10 +187,10 @@ def convert_takeover(results: dict[str, Any]) -> Converted:
             }
         )
     cpu = results.get("cpu")
-    if cpu is None:
-        missing.append({"name": "heartbeat CPU", "reason": "not measured (--cpu-seconds 0)"})
-    elif "error" in cpu:
-        missing.append({"name": "heartbeat CPU", "reason": cpu["error"].splitlines()[0]})
+    if cpu is None or "error" in cpu:
+        reason = "not measured (--cpu-seconds 0)" if cpu is None else cpu["error"].splitlines()[0]
+        for role in ("master", "slave"):
+            missing.append({"name": f"heartbeat CPU {role}", "reason": reason})
     elif cpu is not None:
         for role, percent in cpu["percent_of_one_core"].items():
             rows.append(
@@ -295,7 +295,7 @@ SECTIONS: tuple[Section, ...] = (
         args={
             "full": (),
             "quick": ("--writes", "1000", "--repeat", "1"),
-            "smoke": ("--writes", "40", "--repeat", "1", "--threads", "2"),
+            "smoke": ("--writes", "40", "--repeat", "1"),
         },
         convert=convert_replication,
     ),

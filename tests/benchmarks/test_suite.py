@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import _pyperf, chart, compare, suite
+from benchmarks import _pyperf, chart, compare, suite, table
 
 REPO = Path(__file__).resolve().parents[2]
 SECTIONS = [section.name for section in suite.SECTIONS]
@@ -112,6 +112,24 @@ def test_the_chart_is_a_png_and_takes_several_versions(
     two = chart.draw([results, other], tmp_path / "two.png")
     assert two.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert two.stat().st_size > png.stat().st_size / 2
+
+
+@pytest.mark.slow
+def test_every_headline_figure_of_the_readme_table_comes_from_the_run(
+    smoke: dict[str, Any],
+) -> None:
+    results = smoke["results"]
+    text = table.markdown([results])
+    rows = text.splitlines()[2:]
+    assert len(rows) == len(table.HEADLINES)
+    for (section, name, _, label), line in zip(table.HEADLINES, rows):
+        assert line.startswith(f"| {label} | ")
+        value = line.rsplit("|", 2)[1].strip()
+        if value == "n/a":  # only what this Python cannot measure
+            missing = {m["name"] for m in results["sections"][section]["missing"]}
+            assert name in missing, (section, name)
+        else:
+            assert any(ch.isdigit() for ch in value), line
 
 
 def test_a_results_file_without_overhead_figures_cannot_be_charted(tmp_path: Path) -> None:
