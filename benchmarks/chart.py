@@ -68,16 +68,16 @@ def draw(runs: Sequence[dict[str, Any]], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(10, 0.55 * len(MECHANISMS) * max(1, count * 0.7) + 1.6))
     top = max(value for _, fig_ in figures for value in fig_.values())
     for index, (run, values) in enumerate(figures):
-        label = f"{run['implementation']} {run['python']} ({run['mode']})"
+        label: str | None = f"{run['implementation']} {run['python']} ({run['mode']})"
         for position, (name, _) in enumerate(MECHANISMS):
             y = position + index * height - 0.4 + height / 2
             if name in values:
-                ax.barh(y, values[name], height=height * 0.92, color=f"C{index}")
+                ax.barh(y, values[name], height=height * 0.92, color=f"C{index}", label=label)
+                label = None  # one legend entry per run
                 text = f"{values[name]:.0f} ns"
                 ax.text(values[name] + top * 0.01, y, text, va="center", fontsize=7)
             else:
                 ax.text(top * 0.01, y, "n/a", va="center", fontsize=7, color="grey")
-        ax.barh([], [], color=f"C{index}", label=label)
     ax.set_yticks(range(len(MECHANISMS)))
     ax.set_yticklabels([label for _, label in MECHANISMS])
     ax.invert_yaxis()

@@ -111,7 +111,7 @@ def cell(results: dict[str, Any], section: str, name: str, what: str) -> str:
         return f"{_number(row['value'])}{unit}"
     ratio = f"{row['ratio']:.2f}x" if row.get("ratio") is not None else "-"
     if what == "ratio+p99":
-        return f"{ratio}, {row['p99_ms']:.2g} ms"
+        return f"{ratio}, {row['p99_ms']:.1f} ms"
     return ratio
 
 
