@@ -23,8 +23,6 @@ process is SIGKILLed and reaped when its test ends; every wait is bounded.
 from __future__ import annotations
 
 import json
-import os
-import random
 import re
 import signal
 import subprocess
@@ -33,9 +31,20 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import pytest
+
+from tests.nodeproc import (
+    DELAY_MS,
+    EXIT_DEMOTED,
+    RETRIES,
+    WAIT_S,
+    NodeGroup,
+    clean_env,
+    killing_all,
+    read_lines,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -48,16 +57,9 @@ pytestmark = [
 APPS = Path(__file__).with_name("apps")
 WRITER = APPS / "writer.py"
 INFLIGHT_APP = APPS / "inflight_app.py"
-GROUP = "230.0.0.1"  # reached through 127.0.0.1 with TTL 0 only
-DELAY_MS = 150
-RETRIES = 3
 WINDOW_S = DELAY_MS / 1000 * RETRIES  # the takeover window
-WAIT_S = 20.0  # the most any single wait may take before the test fails
 ACKS_PER_ROUND = 200  # acknowledged writes of a master before it is killed
 KILLS = 3
-EXIT_DEMOTED = 75
-
-T = TypeVar("T")
 
 
 class Promotion(NamedTuple):
@@ -75,14 +77,6 @@ class WriterLog(NamedTuple):
     acked: dict[int, float]  # i -> time.monotonic() once c.set returned
     refused: dict[int, str]  # i -> the NotMasterError's message
     live: list[int]  # how many slaves were live when the writer started (--min-live)
-
-
-def read_lines(path: Path) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    return text.split("\n")[:-1]  # the last piece is empty or a line being written
 
 
 def read_writer_log(path: Path) -> WriterLog:
@@ -115,95 +109,23 @@ def all_threads_stopped(pid: int) -> bool:
     return bool(states) and all(state in ("T", "t") for state in states)
 
 
-class NodeProcess:
-    """One ``python -m agent.bootstrap --failover`` process and its output file."""
+class Cluster(NodeGroup):
+    """The nodes of one test, all running one adapter; they share the folder ``out``.
 
-    def __init__(self, name: str, node_id: str, popen: subprocess.Popen, log_path: Path) -> None:
-        self.name = name
-        self.node_id = node_id
-        self.popen = popen
-        self.log_path = log_path
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def wait(self, timeout: float = WAIT_S) -> int:
-        """The exit status (negative: killed by that signal); fails the test after ``timeout``."""
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"node {self.node_id} still runs after {timeout} s:\n{self.log()}")
-
-
-class Cluster:
-    """The nodes of one test, all running one adapter; they share the folder ``out``."""
+    A node's id is its name and a token of the test's own (``NAME-TOKEN``).
+    """
 
     def __init__(self, root: Path, app: Path, args: list[str], pointcuts: Path | None) -> None:
-        self.root = root
-        self.app = app
-        self.args = args
-        self.pointcuts = pointcuts
-        self.name = f"cache-e2e-{uuid.uuid4().hex[:12]}"
-        self.token = uuid.uuid4().hex[:6]
-        self.port = random.randint(20000, 60000)
         self.out = root / "out"
         self.out.mkdir()
-        self.processes: list[NodeProcess] = []
-        self.env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("TWINWEAVE_", "AGENT_"))
-        }
-        self.env["XDG_CACHE_HOME"] = str(root / "xdg")
-
-    def node_id(self, name: str) -> str:
-        return f"{name}-{self.token}"
-
-    def start(self, name: str) -> NodeProcess:
-        """Start node ``name`` (again, with its folder, if it ran before)."""
-        node_id = self.node_id(name)
-        settings = {
-            "failover.interface": "127.0.0.1",
-            "failover.ttl": "0",
-            "failover.group": GROUP,
-            "failover.port": str(self.port),
-            "failover.cluster": self.name,
-            "failover.delay": str(DELAY_MS),
-            "failover.retries": str(RETRIES),
-            "failover.node-id": node_id,
-            "cache.directory": str(self.root / "state" / name),
-        }
-        command = [sys.executable, "-m", "agent.bootstrap", "--failover"]
-        if self.pointcuts is not None:
-            command += ["--pointcuts", str(self.pointcuts)]
-        for key, value in settings.items():
-            command += ["-D", f"{key}={value}"]
-        command += [str(self.app), str(self.out), *self.args]
-        log_path = self.root / f"{name}.{len(self.processes)}.log"
-        with open(log_path, "wb") as log:
-            popen = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.root,  # holds no folder named cache, cluster or agent
-                env=self.env,
-            )
-        process = NodeProcess(name, node_id, popen, log_path)
-        self.processes.append(process)
-        return process
-
-    def process(self, node_id: str) -> NodeProcess:
-        """The latest process of the node with this id."""
-        return [p for p in self.processes if p.node_id == node_id][-1]
-
-    def revive(self) -> None:
-        """Restart every node whose latest process has ended (killed, or a demoted loser)."""
-        latest = {p.name: p for p in self.processes}
-        for name, process in latest.items():
-            if not process.alive():
-                self.start(name)
+        super().__init__(
+            root,
+            "cache-e2e",
+            [app, self.out, *args],
+            options=[] if pointcuts is None else ["--pointcuts", pointcuts],
+            id_suffix=f"-{uuid.uuid4().hex[:6]}",
+            log_tail=4000,
+        )
 
     def promotions(self, prefix: str = "dump", after_epoch: int = 0) -> list[Promotion]:
         """What the adapters of the nodes promoted after ``after_epoch`` found, by epoch."""
@@ -234,46 +156,18 @@ class Cluster:
 
         return self.wait_until(probe)
 
-    def wait_until(self, probe: Callable[[], T | None], timeout: float = WAIT_S) -> T:
-        limit = time.monotonic() + timeout
-        while True:
-            value = probe()
-            if value:
-                return value
-            if time.monotonic() > limit:
-                pytest.fail(f"nothing after {timeout} s\n{self.describe()}")
-            time.sleep(0.02)
-
-    def describe(self) -> str:
-        """Every node's output and the out folder's listing, for failure messages."""
-        parts = [f"--- {p.log_path.name}:\n{p.log()[-4000:]}" for p in self.processes]
-        listing = sorted(path.name for path in self.out.iterdir())
-        return "\n".join([*parts, f"--- out: {listing}"])
-
-    def kill_all(self) -> None:
-        for process in self.processes:
-            if process.alive():
-                process.popen.kill()
-        for process in self.processes:
-            try:
-                process.popen.wait(10)
-            except subprocess.TimeoutExpired:  # pragma: no cover - the kernel owes us this
-                pass
+    def details(self) -> list[str]:
+        """The out folder's listing."""
+        return [f"--- out: {sorted(path.name for path in self.out.iterdir())}"]
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
-    made: list[Cluster] = []
-
     def make(app: Path, *args: str, pointcuts: Path | None = None) -> Cluster:
-        made.append(Cluster(tmp_path, app, list(args), pointcuts))
-        return made[-1]
+        return Cluster(tmp_path, app, list(args), pointcuts)
 
-    try:
-        yield make
-    finally:
-        for group in made:
-            group.kill_all()
+    with killing_all(make) as tracked:
+        yield tracked
 
 
 def stream_items(count: int) -> dict[str, int]:
@@ -406,8 +300,7 @@ def test_inflight_is_empty_outside_failover_mode(tmp_path) -> None:
     pointcuts.write_text(AOP_XML)
     out = tmp_path / "out"
     out.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWINWEAVE_", "AGENT_"))}
-    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+    env = clean_env(tmp_path)
     command = [sys.executable, "-m", "agent.bootstrap", "--pointcuts", str(pointcuts)]
     command += [str(INFLIGHT_APP), str(out), "--local"]
     result = subprocess.run(

@@ -26,17 +26,27 @@ import random
 import re
 import signal
 import socket
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 import pytest
 
 from cluster.protocol import Codec, Heartbeat, Role
+from tests.nodeproc import (
+    DELAY_MS,
+    EXIT_DEMOTED,
+    GROUP,
+    RETRIES,
+    WAIT_S,
+    NodeGroup,
+    NodeProcess,
+    killing_all,
+    read_lines,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -47,18 +57,13 @@ pytestmark = [
 ]
 
 NODEAPP = Path(__file__).with_name("nodeapp.py")
-GROUP = "230.0.0.1"  # DESIGN's default group; reached through 127.0.0.1 with TTL 0 only
-DELAY_MS = 150
-RETRIES = 3
 DELAY_S = DELAY_MS / 1000
 WINDOW_S = DELAY_S * RETRIES  # the takeover (and fencing) window
 SLACK_S = 1.0  # room for a loaded two-core machine in the sanity bounds
 KILL_BOUND_S = DELAY_S * (RETRIES + 1) + SLACK_S
 RESIGN_BOUND_S = 3 * DELAY_S + SLACK_S
-WAIT_S = 20.0  # the most any single wait may take before the test fails
 QUIET_S = 3 * WINDOW_S  # how long "nothing else happens" is watched for
 EXIT_USAGE = 2
-EXIT_DEMOTED = 75  # the contract: a node that steps down exits with EX_TEMPFAIL
 CLUSTER_LOG_LINES = (
     "Creating listener...",
     "Creating broadcaster...",
@@ -66,8 +71,6 @@ CLUSTER_LOG_LINES = (
     "Started broadcaster",
     "Failover Manager has started",
 )
-
-T = TypeVar("T")
 
 
 class Event(NamedTuple):
@@ -81,12 +84,8 @@ class Event(NamedTuple):
 
 
 def read_timeline(path: Path) -> list[Event]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
     events = []
-    for line in text.split("\n")[:-1]:  # the last piece is empty or a line being written
+    for line in read_lines(path):
         kind, node, epoch, t, *how = line.split()
         events.append(Event(kind, node, int(epoch), float(t), *how))
     return events
@@ -125,102 +124,12 @@ def process_state(pid: int) -> str:
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
-class NodeProcess:
-    """One ``python -m agent.bootstrap --failover`` process and its stderr file."""
-
-    def __init__(self, node_id: str, popen: subprocess.Popen, log_path: Path) -> None:
-        self.node_id = node_id
-        self.popen = popen
-        self.log_path = log_path
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def send(self, sig: signal.Signals) -> None:
-        self.popen.send_signal(sig)
-
-    def wait(self, timeout: float = WAIT_S) -> int:
-        """The exit status (negative: killed by that signal); fails the test after ``timeout``."""
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"node {self.node_id} still runs after {timeout} s:\n{self.log()}")
-
-    def wait_log(self, pattern: str, timeout: float = WAIT_S) -> re.Match:
-        """The first match of ``pattern`` in the node's stderr, once it appears."""
-        limit = time.monotonic() + timeout
-        while True:
-            exited = not self.alive()  # read the log after this, so an exit's last lines count
-            match = re.search(pattern, self.log())
-            if match:
-                return match
-            if exited or time.monotonic() > limit:
-                state = f"exited with {self.popen.returncode}" if exited else f"{timeout} s passed"
-                pytest.fail(
-                    f"{pattern!r} not in node {self.node_id}'s log ({state}):\n{self.log()}"
-                )
-            time.sleep(0.02)
-
-
-class Nodes:
-    """The nodes of one test's cluster: starting them, faults, the timeline, cleaning up."""
+class Nodes(NodeGroup):
+    """The nodes of one test's cluster, running ``nodeapp.py``: faults, the timeline."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.name = f"e2e-{uuid.uuid4().hex[:12]}"
-        self.port = random.randint(20000, 60000)
         self.timeline = root / "timeline"
-        self.processes: list[NodeProcess] = []
-        self.env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("TWINWEAVE_", "AGENT_"))
-        }
-        self.env["XDG_CACHE_HOME"] = str(root / "xdg")
-
-    def settings(self, node_id: str) -> dict[str, str]:
-        return {
-            "failover.interface": "127.0.0.1",
-            "failover.ttl": "0",
-            "failover.group": GROUP,
-            "failover.port": str(self.port),
-            "failover.cluster": self.name,
-            "failover.delay": str(DELAY_MS),
-            "failover.retries": str(RETRIES),
-            "failover.node-id": node_id,
-            "cache.directory": str(self.root / "homes" / node_id),
-        }
-
-    def start(
-        self, node_id: str, *defines: str, faults: bool = False, config: Path | None = None
-    ) -> NodeProcess:
-        """Start node ``node_id``; ``defines`` (``key=value``) replace or add settings."""
-        settings = self.settings(node_id)
-        settings.update(define.split("=", 1) for define in defines)  # type: ignore[misc]
-        command = [sys.executable, "-m", "agent.bootstrap", "--failover"]
-        if config is not None:
-            command += ["--config", str(config)]
-        for key, value in settings.items():
-            command += ["-D", f"{key}={value}"]
-        command += [str(NODEAPP), str(self.timeline)]
-        env = dict(self.env)
-        if faults:
-            env["TWINWEAVE_FAULTS"] = str(self.fault_file(node_id))
-            self.set_faults(node_id)
-        log_path = self.root / f"{node_id}.{len(self.processes)}.log"
-        with open(log_path, "wb") as log:
-            popen = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.root,
-                env=env,
-            )
-        process = NodeProcess(node_id, popen, log_path)
-        self.processes.append(process)
-        return process
+        super().__init__(root, "e2e", [NODEAPP, self.timeline])
 
     def start_cluster(
         self, *defines: str, faults: bool = False, together: bool = False
@@ -232,12 +141,17 @@ class Nodes:
         takeover scenarios start from a settled cluster, and a simultaneous start is the
         subject of its own test. Settled also means that every node has heard every other
         (each beats once per delay), so each scenario starts from the same steady state.
+        ``faults``: each node under the control of its fault file (see :meth:`set_faults`).
         """
-        procs = {"a": self.start("a", *defines, faults=faults)}
+
+        def start(node_id: str) -> NodeProcess:
+            return self.start(node_id, *defines, env=self.fault_env(node_id) if faults else None)
+
+        procs = {"a": start("a")}
         if not together:
             self.wait_start()
         for node_id in ("b", "c"):
-            procs[node_id] = self.start(node_id, *defines, faults=faults)
+            procs[node_id] = start(node_id)
         master = self.wait_start()
         for node_id, proc in procs.items():
             if node_id != master.node:
@@ -248,6 +162,11 @@ class Nodes:
 
     def fault_file(self, node_id: str) -> Path:
         return self.root / f"faults-{node_id}.json"
+
+    def fault_env(self, node_id: str) -> dict[str, str]:
+        """The environment that puts node ``node_id`` under its fault file, without faults."""
+        self.set_faults(node_id)
+        return {"TWINWEAVE_FAULTS": str(self.fault_file(node_id))}
 
     def set_faults(self, node_id: str, **faults: bool) -> None:
         """Replace the node's fault control file at once (a new inode: it is re-read)."""
@@ -263,40 +182,16 @@ class Nodes:
         """The first promotion after ``after``, once its adapter has started."""
         return self.wait_until(lambda: next(iter(starts(self.events(), after)), None), timeout)
 
-    def wait_until(self, probe: Callable[[], T | None], timeout: float = WAIT_S) -> T:
-        limit = time.monotonic() + timeout
-        while True:
-            value = probe()
-            if value:
-                return value
-            if time.monotonic() > limit:
-                pytest.fail(f"nothing after {timeout} s\n{self.describe()}")
-            time.sleep(0.02)
-
-    def describe(self) -> str:
-        """Every node's log and the timeline's last lines, for failure messages."""
-        parts = [f"--- {p.log_path.name}:\n{p.log()}" for p in self.processes]
+    def details(self) -> list[str]:
+        """The timeline's last lines (no work lines)."""
         tail = [line for line in self.events() if line.kind != "work"][-20:]
-        return "\n".join([*parts, "--- timeline (no work lines):", *map(str, tail)])
-
-    def kill_all(self) -> None:
-        for process in self.processes:
-            if process.alive():
-                process.popen.kill()
-        for process in self.processes:
-            try:
-                process.popen.wait(10)
-            except subprocess.TimeoutExpired:  # pragma: no cover - the kernel owes us this
-                pass
+        return ["--- timeline (no work lines):", *map(str, tail)]
 
 
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[Nodes]:
-    group = Nodes(tmp_path)
-    try:
-        yield group
-    finally:
-        group.kill_all()
+    with killing_all(Nodes) as make:
+        yield make(tmp_path)
 
 
 def assert_one_master_since(nodes: Nodes, master: Event, since: float) -> None:
@@ -483,7 +378,7 @@ def test_a_bad_value_on_the_command_line_exits_2_naming_the_key(nodes: Nodes) ->
 def test_an_unknown_key_in_the_config_file_exits_2_naming_it(nodes: Nodes) -> None:
     config = nodes.root / "bootstrap.properties"
     config.write_text("# a typo\nfailover.dleay=200\n", encoding="utf-8")
-    proc = nodes.start("a", config=config)
+    proc = nodes.start("a", options=["--config", str(config)])
     assert proc.wait() == EXIT_USAGE
     assert "failover.dleay" in proc.log()
     assert read_timeline(nodes.timeline) == []

@@ -4,46 +4,35 @@ A :class:`FsCluster` starts ``python -m agent.bootstrap --failover --pointcuts
 examples/aop.xml examples/fs_adapter.py --in IN --out OUT --trace TRACE ...`` processes on
 127.0.0.1 with TTL 0, a random port and a cluster name of the test's own (nothing leaves
 the host; runs never meet), each node with its own folder (``state/NAME``), which it finds
-again when the test restarts it. All nodes share the folders ``in`` and ``out`` and the
-adapter's trace file (a test aid: one line per step of each message, see the adapter).
+again when the test restarts it (``tests/nodeproc.py`` starts, watches and kills them). All
+nodes share the folders ``in`` and ``out`` and the adapter's trace file (a test aid: one
+line per step of each message, see the adapter).
 
 :func:`check_exactly_once` is the verdict, computed from the folders and the trace alone:
 one output per input and nothing else, each the input upper-cased once plus exactly one
 ``X-Processed-By`` line naming the node that published it, published once (one ``linked``
 line in the trace for it), no temp file left, the inbox empty.
 
-Every wait is bounded; :meth:`FsCluster.kill_all` SIGKILLs and reaps every process, and the
-tests' fixtures call it whatever happens.
+Every wait is bounded; the tests' fixture makes its clusters through
+:func:`tests.nodeproc.killing_all`, which SIGKILLs and reaps every process whatever happens.
 """
 
 from __future__ import annotations
 
 import os
-import random
-import subprocess
-import sys
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
-import pytest
+from tests.nodeproc import DELAY_MS, NodeGroup, read_lines
 
 REPO = Path(__file__).resolve().parents[2]
 ADAPTER = REPO / "examples" / "fs_adapter.py"
 POINTCUTS = REPO / "examples" / "aop.xml"
 DEMO = REPO / "examples" / "demo.py"
-GROUP = "230.0.0.1"  # reached through 127.0.0.1 with TTL 0 only
-DELAY_MS = 150
-RETRIES = 3
-WAIT_S = 20.0  # the most any single wait may take before the test fails
 SETTLE_S = 2 * DELAY_MS / 1000  # after "Following master": the follower connects
 HEADER = "X-Processed-By: "
-EXIT_DEMOTED = 75
-
-T = TypeVar("T")
 
 
 class Event(NamedTuple):
@@ -58,21 +47,11 @@ class Event(NamedTuple):
 
 
 def read_trace(path: Path) -> list[Event]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
     events = []
-    for line in text.split("\n")[:-1]:  # the last piece is empty or a line being written
+    for line in read_lines(path):
         t, event, node, epoch, detail, message = line.split(" ", 5)
         events.append(Event(float(t), event, node, int(epoch), detail, message))
     return events
-
-
-def clean_env(root: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWINWEAVE_", "AGENT_"))}
-    env["XDG_CACHE_HOME"] = str(root / "xdg")
-    return env
 
 
 def message_name(i: int) -> str:
@@ -116,75 +95,25 @@ def check_exactly_once(
     return writers
 
 
-class Node:
-    """One node process (the latest of its name) and its output file."""
-
-    def __init__(self, name: str, popen: subprocess.Popen, log_path: Path) -> None:
-        self.name = name
-        self.popen = popen
-        self.log_path = log_path
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def wait(self, timeout: float = WAIT_S) -> int:
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"node {self.name} still runs after {timeout} s:\n{self.log()[-3000:]}")
-
-
-class FsCluster:
+class FsCluster(NodeGroup):
     """The nodes of one test over one ``in``/``out`` pair; ``args`` go to every adapter."""
 
     def __init__(self, root: Path, args: list[str]) -> None:
-        self.root = root
-        self.args = args
         self.inbox = root / "in"
         self.outbox = root / "out"
         self.inbox.mkdir()
         self.outbox.mkdir()
         self.trace = root / "trace"
-        self.name = f"fs-e2e-{uuid.uuid4().hex[:12]}"
-        self.port = random.randint(20000, 60000)
-        self.env = clean_env(root)
-        self.processes: list[Node] = []
         self.fed: dict[str, str] = {}
-
-    def start(self, name: str) -> Node:
-        settings = {
-            "failover.interface": "127.0.0.1",
-            "failover.ttl": "0",
-            "failover.group": GROUP,
-            "failover.port": str(self.port),
-            "failover.cluster": self.name,
-            "failover.delay": str(DELAY_MS),
-            "failover.retries": str(RETRIES),
-            "failover.node-id": name,
-            "cache.directory": str(self.root / "state" / name),
-        }
-        command = [sys.executable, "-m", "agent.bootstrap", "--failover"]
-        command += ["--pointcuts", str(POINTCUTS)]
-        for key, value in settings.items():
-            command += ["-D", f"{key}={value}"]
-        command += [str(ADAPTER), "--in", str(self.inbox), "--out", str(self.outbox)]
-        command += ["--trace", str(self.trace), "--poll-ms", "20", *self.args]
-        log_path = self.root / f"{name}.{len(self.processes)}.log"
-        with open(log_path, "wb") as log:
-            popen = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.root,  # holds no folder named agent, cluster or cache
-                env=self.env,
-            )
-        node = Node(name, popen, log_path)
-        self.processes.append(node)
-        return node
+        adapter = [ADAPTER, "--in", self.inbox, "--out", self.outbox, "--trace", self.trace]
+        super().__init__(
+            root,
+            "fs-e2e",
+            [*adapter, "--poll-ms", "20", *args],
+            options=["--pointcuts", POINTCUTS],
+            log_tail=3000,
+            poll_s=0.01,
+        )
 
     def start_settled(self, names: tuple[str, ...] = ("node-a", "node-b", "node-c")) -> Event:
         """The first node alone, then the others; the master's start once they follow it."""
@@ -200,7 +129,7 @@ class FsCluster:
         connects to the master's replication stream right after it logs "Following master",
         so that the master's next writes (in-flight records) reach it."""
         line = f"Following master {master.node} (epoch {master.epoch})"
-        self.wait_until(lambda: all(line in self.node(name).log() for name in slaves))
+        self.wait_until(lambda: all(line in self.process(name).log() for name in slaves))
         time.sleep(SETTLE_S)
 
     def feed(self, numbers: range) -> None:
@@ -220,23 +149,12 @@ class FsCluster:
 
         def probe() -> Event | None:
             for start in self.masters(after_epoch):
-                node = self.node(start.node)
+                node = self.process(start.node)
                 if node.alive() and time.monotonic() - start.t > 2 * DELAY_MS / 1000:
                     return start
             return None
 
         return self.wait_until(probe)
-
-    def node(self, name: str) -> Node:
-        return [p for p in self.processes if p.name == name][-1]
-
-    def revive(self) -> list[str]:
-        """Restart every node whose latest process has ended; their names."""
-        latest = {p.name: p for p in self.processes}
-        dead = [name for name, p in latest.items() if not p.alive()]
-        for name in dead:
-            self.start(name)
-        return dead
 
     def wait_event(self, event: str, message: str) -> Event:
         def probe() -> Event | None:
@@ -259,36 +177,11 @@ class FsCluster:
         names = {p.name for p in self.processes}
         return check_exactly_once(self.inbox, self.outbox, self.events(), self.fed, names)
 
-    def wait_until(self, probe: Callable[[], T | None], timeout: float = WAIT_S) -> T:
-        limit = time.monotonic() + timeout
-        while True:
-            value = probe()
-            if value:
-                return value
-            if time.monotonic() > limit:
-                pytest.fail(f"nothing after {timeout} s\n{self.describe()}")
-            time.sleep(0.01)
-
-    def describe(self) -> str:
-        """Every node's output, the trace's last lines and the folders, for failure messages."""
-        parts = [f"--- {p.log_path.name}:\n{p.log()[-3000:]}" for p in self.processes]
-        tail = [" ".join(map(str, e)) for e in self.events()[-30:]]
-        return "\n".join(
-            [
-                *parts,
-                "--- trace (last lines):",
-                *tail,
-                f"--- in: {sorted(os.listdir(self.inbox))[:20]}",
-                f"--- out: {sorted(os.listdir(self.outbox))[:20]}...",
-            ]
-        )
-
-    def kill_all(self) -> None:
-        for process in self.processes:
-            if process.alive():
-                process.popen.kill()
-        for process in self.processes:
-            try:
-                process.popen.wait(10)
-            except subprocess.TimeoutExpired:  # pragma: no cover - the kernel owes us this
-                pass
+    def details(self) -> list[str]:
+        """The trace's last lines and the folders."""
+        return [
+            "--- trace (last lines):",
+            *[" ".join(map(str, e)) for e in self.events()[-30:]],
+            f"--- in: {sorted(os.listdir(self.inbox))[:20]}",
+            f"--- out: {sorted(os.listdir(self.outbox))[:20]}...",
+        ]

@@ -18,7 +18,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from fs_cluster import DEMO, clean_env
+from fs_cluster import DEMO
+
+from tests.nodeproc import clean_env
 
 pytestmark = [
     pytest.mark.slow,

@@ -22,7 +22,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from fs_cluster import EXIT_DEMOTED, FsCluster, message_name
+from fs_cluster import FsCluster, message_name
+
+from tests.nodeproc import EXIT_DEMOTED, killing_all
 
 pytestmark = [
     pytest.mark.slow,
@@ -35,17 +37,11 @@ pytestmark = [
 
 @pytest.fixture
 def fs_cluster(tmp_path: Path) -> Iterator[Callable[..., FsCluster]]:
-    made: list[FsCluster] = []
-
     def make(*args: str) -> FsCluster:
-        made.append(FsCluster(tmp_path, list(args)))
-        return made[-1]
+        return FsCluster(tmp_path, list(args))
 
-    try:
-        yield make
-    finally:
-        for group in made:
-            group.kill_all()
+    with killing_all(make) as tracked:
+        yield tracked
 
 
 def in_workflow(event: str) -> bool:
@@ -66,7 +62,7 @@ def test_kill_9_of_the_master_in_the_middle_of_a_message(fs_cluster) -> None:
         return mine[-1] if mine[-1].event == "begin" else None
 
     c.wait_until(mid_message)
-    victim = c.node(first.node)
+    victim = c.process(first.node)
     victim.popen.kill()
     assert victim.wait() == -signal.SIGKILL
     last = [e for e in c.events() if e.node == first.node][-1]  # where it really died
@@ -100,7 +96,7 @@ def test_kill_9_at_each_step_of_the_producer(fs_cluster) -> None:
         name = message_name(i)
         paused = c.wait_event("paused", name)
         assert paused.detail == step
-        victim = c.node(paused.node)
+        victim = c.process(paused.node)
         killed_at = time.monotonic()
         victim.popen.kill()
         assert victim.wait() == -signal.SIGKILL
@@ -139,14 +135,14 @@ def test_kill_9_of_a_slave_changes_nothing_in_the_output(fs_cluster) -> None:
     master = c.start_settled()
     c.feed(range(40))
     c.wait_until(lambda: sum(1 for e in c.events() if e.event == "linked") >= 10)
-    slave = c.node("node-b" if master.node != "node-b" else "node-c")
+    slave = c.process("node-b" if master.node != "node-b" else "node-c")
     slave.popen.kill()
     assert slave.wait() == -signal.SIGKILL
     c.wait_done()
     writers = c.check()
     assert set(writers.values()) == {master.node}  # the master did it all, once
     assert c.masters() == [master]  # nobody else was ever promoted
-    assert c.node(master.node).alive()
+    assert c.process(master.node).alive()
 
 
 def test_a_paused_master_that_wakes_up_writes_nothing(fs_cluster) -> None:
@@ -162,7 +158,7 @@ def test_a_paused_master_that_wakes_up_writes_nothing(fs_cluster) -> None:
         return mine[-1] if mine[-1].event == "begin" else None
 
     c.wait_until(mid_message)
-    old = c.node(first.node)
+    old = c.process(first.node)
     old.popen.send_signal(signal.SIGSTOP)
     stopped_at = time.monotonic()
     try:

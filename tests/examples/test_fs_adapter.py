@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from fs_cluster import ADAPTER, POINTCUTS, WAIT_S, check_exactly_once, clean_env, feed, read_trace
+from fs_cluster import ADAPTER, POINTCUTS, check_exactly_once, feed, read_trace
+
+from tests.nodeproc import WAIT_S, clean_env
 
 pytestmark = pytest.mark.slow
 
