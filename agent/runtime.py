@@ -73,6 +73,8 @@ class Agent:
         )
         self._probes: dict[tuple[str, str], Probe] = {}
         self._matched: dict[str, int] = {aspect.name: 0 for aspect in config.aspects}
+        # join points an aspect matched that no plugin receives events for (not woven)
+        self._unheard: dict[str, set[str]] = {aspect.name: set() for aspect in config.aspects}
         self._lock = threading.Lock()
         self._finder: importer.WeavingFinder | None = None
         self._monitor: MonitoringBackend | None = None
@@ -102,6 +104,7 @@ class Agent:
                 joinpoint = JoinPoint(aspect.name, aspect.type, names[0], aspect.message_id)
                 probe = self.plugins.probe_for(joinpoint)
                 if probe is None:
+                    self._unheard.setdefault(aspect.name, set()).add(names[0])
                     return None
                 self._probes[key] = probe
                 self._matched[aspect.name] += 1
@@ -158,7 +161,17 @@ class Agent:
             self._monitor.stop()
         self.plugins.stop()
         for aspect in self.config.aspects:
-            if not self._matched.get(aspect.name):
+            if self._matched.get(aspect.name):
+                continue
+            if self._unheard.get(aspect.name):
+                log.warning(
+                    "%s: aspect %r matched %d function(s), but no plugin receives its events, "
+                    "so nothing was woven; add a plugin (e.g. timing)",
+                    self.config.path,
+                    aspect.name,
+                    len(self._unheard[aspect.name]),
+                )
+            else:
                 log.warning(
                     "%s: aspect %r matched no function (pointcut %s); check its names",
                     self.config.path,

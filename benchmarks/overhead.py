@@ -319,6 +319,31 @@ def setup_twinweave_unmatched() -> Variant:
     )
 
 
+def setup_twinweave_no_plugin() -> Variant:
+    """``f`` from the target module, matched by a pointcut, with no plugin subscribed.
+
+    The real agent, with a pointcut file whose aspect matches ``f`` and which names no
+    plugin, weaves the module's code with ``Agent.weave_module`` (the import hook's
+    call): a join point no plugin receives events for is not woven, so ``f`` keeps the
+    code object the compiler made.
+    """
+    source = pointcuts("f").replace('<plugin name="timing"/>', "")
+    agent = Agent(parse_pointcuts(source, "<pointcuts for f, no plugin>"), "bytecode")
+    agent.plugins.start(CONTEXT)
+    original = compile(TARGET_SOURCE, TARGET_FILE, "exec")
+    fn = load_target(agent.weave_module(original, [TARGET_MODULE]))["f"]
+    original_f = next(
+        c for c in original.co_consts if isinstance(c, types.CodeType) and c.co_name == "f"
+    )
+    return Variant(
+        "twinweave_no_plugin",
+        fn,
+        close=agent.stop,
+        plugin_set=agent.plugins,
+        notes={"same_code_object": fn.__code__ is original_f},
+    )
+
+
 def setup_twinweave_timing_hook() -> Variant:
     """``f`` woven on its way in by the import hook's call, then made by ``MAKE_FUNCTION``.
 
@@ -691,6 +716,7 @@ ALL_SETUPS: dict[str, Callable[[], Variant]] = {
     "twinweave_timing": setup_twinweave_timing,
     "twinweave_timing_hook": setup_twinweave_timing_hook,
     "twinweave_unmatched": setup_twinweave_unmatched,
+    "twinweave_no_plugin": setup_twinweave_no_plugin,
     "perf_counter_ns_x2": setup_perf_counter_ns_x2,
     "twinweave_timing_python": setup_twinweave_timing_python,
     "twinweave_steps": setup_twinweave_steps,
@@ -737,8 +763,9 @@ DESCRIPTIONS = {
     "closure_decorator": "f wrapped by a do-nothing *a/**k closure",
     "twinweave_timing": "f woven, timing mode, timing plugin + drain thread on",
     "twinweave_timing_hook": "the same, f made by MAKE_FUNCTION (import-hook path)",
-    "twinweave_unmatched": "f in a woven module, matched by no pointcut; also the 'no plugin "
-    "subscribed' case: a join point no plugin accepts is not woven at all",
+    "twinweave_unmatched": "f in a woven module, matched by no pointcut",
+    "twinweave_no_plugin": "f matched by a pointcut, no plugin subscribed: not woven, "
+    "the compiler's code object",
     "perf_counter_ns_x2": "two perf_counter_ns() calls (no function call)",
     "twinweave_timing_python": "the same on the pure-Python path (no C accelerator)",
     "twinweave_steps": "f woven, steps mode, a Python on_step plugin + timing plugin",

@@ -132,6 +132,18 @@ def test_run_module(project):
     assert "aspect 'flow' matched no function" in woven.stderr
 
 
+def test_an_aspect_no_plugin_listens_to_is_not_woven_and_says_why(project):
+    (project / "aop.xml").write_text(POINTCUTS.replace('<plugin name="timing"/>', ""))
+    woven = bootstrap(project, "app/app.py", "a")
+    assert woven.returncode == 0, woven.stderr
+    assert woven.stdout.splitlines()[0] == "A"
+    assert "aspect 'flow' matched 1 function(s), but no plugin receives its events" in (
+        woven.stderr
+    )
+    assert "aspect 'helpers' matched 1 function(s)" in woven.stderr
+    assert "matched no function" not in woven.stderr
+
+
 def test_malformed_pointcut_file_stops_before_the_program(project):
     (project / "aop.xml").write_text(
         "<agent>\n  <aspects>\n    <aspect name='x' pointcut='execution(* a.b(' />\n"

@@ -248,6 +248,16 @@ def test_python_path_row_times_on_the_python_path() -> None:
         variant.close()
 
 
+def test_no_plugin_row_is_matched_but_keeps_the_compiled_code() -> None:
+    variant = overhead.setup_twinweave_no_plugin()
+    try:
+        assert variant.notes["same_code_object"] is True
+        assert overhead.probe_of(variant.fn.__code__) is None
+        assert variant.plugin_set is not None and not variant.plugin_set.plugins
+    finally:
+        variant.close()
+
+
 def test_unmatched_row_is_the_compiled_code_in_a_module_the_agent_wove() -> None:
     variant = overhead.setup_twinweave_unmatched()
     try:
