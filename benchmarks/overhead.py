@@ -300,23 +300,32 @@ def setup_twinweave_unmatched() -> Variant:
     import hook makes; its aspect matches ``g``, which is woven, and not ``f``.
     """
     agent = agent_for("g")
-    agent.plugins.start(CONTEXT)
-    original = compile(TARGET_SOURCE, TARGET_FILE, "exec")
-    namespace = load_target(agent.weave_module(original, [TARGET_MODULE]))
+    namespace, compiled_f = _woven_by(agent)
     fn = namespace["f"]
-    original_f = next(
-        c for c in original.co_consts if isinstance(c, types.CodeType) and c.co_name == "f"
-    )
     return Variant(
         "twinweave_unmatched",
         fn,
         close=agent.stop,
         plugin_set=agent.plugins,
         notes={
-            "same_code_object": fn.__code__ is original_f,
+            "same_code_object": fn.__code__ is compiled_f,
             "module_was_woven": probe_of(namespace["g"].__code__) is not None,
         },
     )
+
+
+def _woven_by(agent: Agent) -> tuple[dict[str, Any], types.CodeType]:
+    """Start ``agent``'s plugins and load the target module as its import hook weaves it.
+
+    Returns the module's namespace and the code object the compiler made for ``f``.
+    """
+    agent.plugins.start(CONTEXT)
+    original = compile(TARGET_SOURCE, TARGET_FILE, "exec")
+    namespace = load_target(agent.weave_module(original, [TARGET_MODULE]))
+    compiled_f = next(
+        c for c in original.co_consts if isinstance(c, types.CodeType) and c.co_name == "f"
+    )
+    return namespace, compiled_f
 
 
 def setup_twinweave_no_plugin() -> Variant:
@@ -329,18 +338,14 @@ def setup_twinweave_no_plugin() -> Variant:
     """
     source = pointcuts("f").replace('<plugin name="timing"/>', "")
     agent = Agent(parse_pointcuts(source, "<pointcuts for f, no plugin>"), "bytecode")
-    agent.plugins.start(CONTEXT)
-    original = compile(TARGET_SOURCE, TARGET_FILE, "exec")
-    fn = load_target(agent.weave_module(original, [TARGET_MODULE]))["f"]
-    original_f = next(
-        c for c in original.co_consts if isinstance(c, types.CodeType) and c.co_name == "f"
-    )
+    namespace, compiled_f = _woven_by(agent)
+    fn = namespace["f"]
     return Variant(
         "twinweave_no_plugin",
         fn,
         close=agent.stop,
         plugin_set=agent.plugins,
-        notes={"same_code_object": fn.__code__ is original_f},
+        notes={"same_code_object": fn.__code__ is compiled_f},
     )
 
 
