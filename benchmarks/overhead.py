@@ -68,7 +68,12 @@ from agent.plugins.timing import TimingPlugin  # noqa: E402
 from agent.pointcuts import parse as parse_pointcuts  # noqa: E402
 from agent.runtime import Agent  # noqa: E402
 from agent.weaving.rewrite import probe_of, weave_code  # noqa: E402
-from benchmarks._pyperf import add_options, expand_quick, finish, mean_sem  # noqa: E402
+from benchmarks._pyperf import (  # noqa: E402
+    finish,
+    mean_sem,
+    noop_monitoring,
+    run_rows,
+)
 
 INNER_LOOPS = 20
 """Calls per iteration of the timed loop (the loop is unrolled this many times)."""
@@ -495,31 +500,15 @@ def setup_monitoring_noop() -> Variant:
     ``DISABLE``), so they run on every call.
     """
     mon = sys.monitoring  # type: ignore[attr-defined]
-    events = mon.events
-    free = [i for i in (5, 4, 3, 1, 0, 2) if mon.get_tool(i) is None]
-    if not free:
-        raise RuntimeError("every sys.monitoring tool id is taken")
-    tool = free[0]
-    mon.use_tool_id(tool, MONITORING_TOOL_NAME)
-
-    def on_start(code: types.CodeType, offset: int) -> None:
-        pass
-
-    def on_return(code: types.CodeType, offset: int, value: Any) -> None:
-        pass
-
+    both = mon.events.PY_START | mon.events.PY_RETURN
+    tool, release = noop_monitoring(MONITORING_TOOL_NAME)
     fn = load_target()["f"]
-    mon.register_callback(tool, events.PY_START, on_start)
-    mon.register_callback(tool, events.PY_RETURN, on_return)
-    mon.set_local_events(tool, fn.__code__, events.PY_START | events.PY_RETURN)
+    mon.set_local_events(tool, fn.__code__, both)
 
     def close() -> None:
-        if mon.get_tool(tool) != MONITORING_TOOL_NAME:
-            return
-        mon.set_local_events(tool, fn.__code__, 0)
-        mon.register_callback(tool, events.PY_START, None)
-        mon.register_callback(tool, events.PY_RETURN, None)
-        mon.free_tool_id(tool)
+        if mon.get_tool(tool) == MONITORING_TOOL_NAME:
+            mon.set_local_events(tool, fn.__code__, 0)
+            release()
 
     return Variant("monitoring_noop", fn, close=close, notes={"tool_id": tool})
 
@@ -1093,24 +1082,19 @@ pyperf's ``--fast`` always runs 10 worker processes per row (and overrides
 
 
 def main(argv: list[str] | None = None) -> int:
-    import pyperf  # only the benchmark itself needs it (the smoke test does not)
-
-    runner = pyperf.Runner()
-    runner.metadata["description"] = "twinweave: per-call overhead of the timing probe"
-    add_options(runner, QUICK_ARGS, " (pyperf's --fast, fewer processes)")
-    runner.parse_args(expand_quick(sys.argv[1:] if argv is None else argv, QUICK_ARGS))
-    results: dict[str, Any] = {}
-    for name in SETUPS:
-        results[name] = runner.bench_time_func(
-            name,
-            time_row,
-            name,
-            inner_loops=INNER_LOOPS,
-            metadata={"description": DESCRIPTIONS[name]},
-        )
-    args = runner.args
-    if args.worker or any(bench is None for bench in results.values()):
-        return 0  # a worker, or a pyperf mode that measured nothing here (--compare-to...)
+    measured = run_rows(
+        "twinweave: per-call overhead of the timing probe",
+        list(SETUPS),
+        time_row,
+        INNER_LOOPS,
+        DESCRIPTIONS,
+        QUICK_ARGS,
+        argv,
+        " (pyperf's --fast, fewer processes)",
+    )
+    if measured is None:
+        return 0
+    results, args = measured
     rows = {name: _stats(bench) for name, bench in results.items()}
     return finish(summarize(rows, unmatched_notes()), args, format_summary)
 

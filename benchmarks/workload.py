@@ -73,7 +73,12 @@ from agent.plugins.timing import TimingPlugin  # noqa: E402
 from agent.pointcuts import load as load_pointcuts  # noqa: E402
 from agent.runtime import Agent  # noqa: E402
 from agent.weaving.rewrite import is_join_point, probe_of  # noqa: E402
-from benchmarks._pyperf import add_options, expand_quick, finish, mean_sem  # noqa: E402
+from benchmarks._pyperf import (  # noqa: E402
+    finish,
+    mean_sem,
+    noop_monitoring,
+    run_rows,
+)
 
 SERVICE_MODULE = "workload_service"
 """The name the workload module is loaded (and matched by the pointcut files) under."""
@@ -379,31 +384,14 @@ def setup_monitoring_noop() -> Variant:
     it; the callbacks return ``None`` (not ``DISABLE``), so they fire on every call.
     """
     mon = sys.monitoring  # type: ignore[attr-defined]
-    events = mon.events
-    free = [i for i in (5, 4, 3, 1, 0, 2) if mon.get_tool(i) is None]
-    if not free:
-        raise RuntimeError("every sys.monitoring tool id is taken")
-    tool = free[0]
-    mon.use_tool_id(tool, MONITORING_TOOL_NAME)
-
-    def on_start(code: types.CodeType, offset: int) -> None:
-        pass
-
-    def on_return(code: types.CodeType, offset: int, value: Any) -> None:
-        pass
-
-    mon.register_callback(tool, events.PY_START, on_start)
-    mon.register_callback(tool, events.PY_RETURN, on_return)
-    on = functools.partial(mon.set_events, tool, events.PY_START | events.PY_RETURN)
+    tool, release = noop_monitoring(MONITORING_TOOL_NAME)
+    on = functools.partial(mon.set_events, tool, mon.events.PY_START | mon.events.PY_RETURN)
     off = functools.partial(mon.set_events, tool, 0)
 
     def close() -> None:
-        if mon.get_tool(tool) != MONITORING_TOOL_NAME:
-            return
-        off()
-        mon.register_callback(tool, events.PY_START, None)
-        mon.register_callback(tool, events.PY_RETURN, None)
-        mon.free_tool_id(tool)
+        if mon.get_tool(tool) == MONITORING_TOOL_NAME:
+            off()
+            release()
 
     module = load_service().module
     return Variant(
@@ -750,24 +738,18 @@ QUICK_ARGS = ("--processes", "3", "--values", "2")
 
 
 def main(argv: list[str] | None = None) -> int:
-    import pyperf  # only the benchmark itself needs it (the smoke test does not)
-
-    runner = pyperf.Runner()
-    runner.metadata["description"] = "twinweave: untargeted cost on a realistic adapter"
-    add_options(runner, QUICK_ARGS)
-    runner.parse_args(expand_quick(sys.argv[1:] if argv is None else argv, QUICK_ARGS))
-    results: dict[str, Any] = {}
-    for name in SETUPS:
-        results[name] = runner.bench_time_func(
-            name,
-            time_row,
-            name,
-            inner_loops=BATCH,
-            metadata={"description": DESCRIPTIONS[name]},
-        )
-    args = runner.args
-    if args.worker or any(bench is None for bench in results.values()):
-        return 0  # a worker, or a pyperf mode that measured nothing here (--compare-to...)
+    measured = run_rows(
+        "twinweave: untargeted cost on a realistic adapter",
+        list(SETUPS),
+        time_row,
+        BATCH,
+        DESCRIPTIONS,
+        QUICK_ARGS,
+        argv,
+    )
+    if measured is None:
+        return 0
+    results, args = measured
     rows = {name: _stats(bench) for name, bench in results.items()}
     return finish(summarize(rows, structure()), args, format_summary)
 

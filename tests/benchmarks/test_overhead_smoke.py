@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -19,6 +17,7 @@ from typing import Any
 import pytest
 
 from benchmarks import overhead
+from tests.benchmarks.scripts import run_quickest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "overhead.py"
 CALLS = 7
@@ -347,15 +346,7 @@ def test_kinds_are_compared_with_their_own_baselines() -> None:
 @pytest.mark.skipif(importlib.util.find_spec("pyperf") is None, reason="pyperf not installed")
 def test_the_script_runs_every_row_in_one_pyperf_run(tmp_path: Path) -> None:
     """End to end, with pyperf's quickest mode (one worker, one value of one loop per row)."""
-    summary_file = tmp_path / "summary.json"
-    env = dict(os.environ, PYTHONWARNINGS="error::RuntimeWarning")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--debug-single-value", "--summary", str(summary_file)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    done, summary_file = run_quickest(SCRIPT, tmp_path)
     assert done.returncode == 0, done.stderr
     assert "never awaited" not in done.stderr
     table = done.stdout[done.stdout.index("twinweave call overhead") :]

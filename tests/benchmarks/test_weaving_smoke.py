@@ -9,10 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-import os
 import platform
-import subprocess
-import sys
 from pathlib import Path
 from types import CodeType
 from typing import Any
@@ -21,6 +18,7 @@ import pytest
 
 from agent.pointcuts import parse
 from benchmarks import weaving
+from tests.benchmarks.scripts import run_quickest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "weaving.py"
 
@@ -227,15 +225,7 @@ def test_a_variant_that_cannot_run_is_listed_as_missing(spec: Any) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("pyperf") is None, reason="pyperf not installed")
 def test_the_script_runs_every_row_in_one_pyperf_run(tmp_path: Path) -> None:
     """End to end, with pyperf's quickest mode (one worker, one value of one loop per row)."""
-    summary_file = tmp_path / "summary.json"
-    env = dict(os.environ, PYTHONWARNINGS="error::RuntimeWarning", TMPDIR=str(tmp_path))
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--debug-single-value", "--summary", str(summary_file)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    done, summary_file = run_quickest(SCRIPT, tmp_path, TMPDIR=str(tmp_path))
     assert done.returncode == 0, done.stderr
     table = done.stdout[done.stdout.index("twinweave weaving cost") :]
     for name in ALL_ROWS:

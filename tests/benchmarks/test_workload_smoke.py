@@ -9,8 +9,6 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ from typing import Any
 import pytest
 
 from benchmarks import workload
+from tests.benchmarks.scripts import run_quickest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "workload.py"
 LOOPS = 2
@@ -310,16 +309,8 @@ def test_claim_fails_when_few_matched_is_slower_than_the_bound(facts: dict[str, 
 @pytest.mark.skipif(importlib.util.find_spec("pyperf") is None, reason="pyperf not installed")
 def test_the_script_runs_every_row_in_one_pyperf_run(tmp_path: Path) -> None:
     """End to end, with pyperf's quickest mode (one worker, one value of one loop per row)."""
-    summary_file = tmp_path / "summary.json"
-    env = dict(os.environ, PYTHONWARNINGS="error::RuntimeWarning")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--debug-single-value", "--summary", str(summary_file)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_path,  # the script finds the repository and its module by itself
-    )
+    # from another folder: the script finds the repository and its module by itself
+    done, summary_file = run_quickest(SCRIPT, tmp_path, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     table = done.stdout[done.stdout.index("twinweave untargeted cost") :]
     lines = {line.split()[0]: line for line in table.splitlines() if line.strip()}
