@@ -208,6 +208,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--report", metavar="FILE", help="where the timing plugin writes its JSON report"
     )
+    p.add_argument(
+        "--report-interval",
+        metavar="S",
+        help="also rewrite the report every S seconds while the program runs "
+        "(default: $AGENT_REPORT_INTERVAL, else at exit only)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log what is woven")
     p.add_argument("-m", dest="module", metavar="MODULE", help="run a module as a script")
     p.add_argument("target", nargs="?", metavar="SCRIPT", help="the script to run")
@@ -215,7 +221,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-_VALUED = ("--pointcuts", "--config", "--backend", "--report", "-D")
+_VALUED = ("--pointcuts", "--config", "--backend", "--report", "--report-interval", "-D")
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -269,8 +275,13 @@ def main(argv: list[str] | None = None) -> None:
         log.warning("no pointcut file (--pointcuts or AGENT_POINTCUTS): nothing is woven")
     else:
         try:
+            interval = runtime.parse_interval(options.report_interval, "--report-interval")
             agent = runtime.start(
-                config, options.backend, options.report, _failover_plugins(config, settings)
+                config,
+                options.backend,
+                options.report,
+                _failover_plugins(config, settings),
+                interval,
             )
         except (runtime.AgentError, RuntimeError) as exc:
             _fail(str(exc))

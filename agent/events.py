@@ -59,6 +59,32 @@ class JoinPoint:
     """Full dotted name: ``module.Qual.name``."""
     message_id: str | None = None
     """Dotted path from a parameter name (``message.unique_id``), or ``None``."""
+    kind: str = "function"
+    """What the woven code is: ``function``, ``generator``, ``coroutine`` or
+    ``async_generator`` (see :func:`code_kind`). A generator's steps start at its first
+    resume and end when it finishes, with the caller running in between on the same
+    thread, so they need not nest inside the caller's steps."""
+
+
+KINDS = ("function", "generator", "coroutine", "async_generator")
+_CO_GENERATOR = 0x0020
+_CO_COROUTINE = 0x0080
+_CO_ITERABLE_COROUTINE = 0x0100
+_CO_ASYNC_GENERATOR = 0x0200
+
+
+def code_kind(flags: int) -> str:
+    """The :attr:`JoinPoint.kind` of a code object with ``co_flags`` ``flags``.
+
+    A ``types.coroutine`` generator (``CO_ITERABLE_COROUTINE``) runs as a generator.
+    """
+    if flags & _CO_ASYNC_GENERATOR:
+        return "async_generator"
+    if flags & _CO_COROUTINE:
+        return "coroutine"
+    if flags & (_CO_GENERATOR | _CO_ITERABLE_COROUTINE):
+        return "generator"
+    return "function"
 
 
 class StartEvent(NamedTuple):

@@ -10,9 +10,12 @@ from the agent, so it runs anywhere the JSON file is.
 Usage::
 
     python -m agent.report stats.json [--sort total|count|mean|p99|name] [--chart out.png]
+    python -m agent.report stats.json --watch [--every 1]
 
 Exit status 0 on success, 2 when the file cannot be used or the chart cannot be
-drawn (one line on stderr says why).
+drawn (one line on stderr says why). ``--watch`` follows a report that a running
+service rewrites (``interval``): it redraws the table each time the file changes,
+waits while the file is missing or being replaced, and ends with Ctrl-C (status 0).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -151,6 +155,71 @@ def format_table(report: dict[str, Any], sort: str = "total") -> str:
     return "\n".join(lines)
 
 
+def report_age(report: dict[str, Any]) -> str:
+    """When a live report was written and how long into the run (empty for an old file)."""
+    written_at = report.get("written_at")
+    uptime = report.get("uptime_s")
+    if not isinstance(written_at, str):
+        return ""
+    parts = [f"written at {written_at}"]
+    if isinstance(uptime, (int, float)) and not isinstance(uptime, bool):
+        parts.append(f"{uptime:,.1f} s after the agent started")
+    if report.get("final") is True:
+        parts.append("final (the process has ended)")
+    return ", ".join(parts)
+
+
+def _signature(path: str) -> tuple[int, int, int] | None:
+    """What changes when the file is rewritten (``os.replace`` gives a new inode)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+
+def watch(
+    path: str,
+    sort: str = "total",
+    every: float = 1.0,
+    write: Callable[[str], None] | None = None,
+    clear: bool | None = None,
+) -> None:
+    """Redraw the table of ``path`` whenever the file changes, until Ctrl-C.
+
+    ``clear`` (default: when stdout is a terminal) redraws in place; otherwise each
+    table follows the previous one. A file that is missing or not (yet) a report is
+    reported once, then waited for.
+    """
+    write = write or _write_stdout
+    if clear is None:
+        clear = sys.stdout.isatty()
+    seen: tuple[int, int, int] | None = None
+    problem = ""
+    while True:
+        signature = _signature(path)
+        if signature is None:
+            message = f"waiting for {path} (no such file yet)"
+            if message != problem:
+                problem = message
+                write(message + "\n")
+        elif signature != seen:
+            seen = signature
+            try:
+                report = load_report(path)
+            except ReportError as exc:
+                problem = str(exc)
+                write(f"agent.report: {exc}; watching for the next write\n")
+            else:
+                problem = ""
+                age = report_age(report)
+                heading = f"{path}" + (f": {age}" if age else "")
+                table = format_table(report, sort)
+                prefix = "\x1b[H\x1b[2J" if clear else ""
+                write(f"{prefix}{heading}  (Ctrl-C ends)\n{table}\n\n")
+        time.sleep(every)
+
+
 def _load_pyplot() -> Any:
     try:
         import matplotlib
@@ -227,12 +296,38 @@ def _parser() -> argparse.ArgumentParser:
         help="row order: biggest first, or by name (default: total)",
     )
     parser.add_argument("--chart", metavar="OUT.png", help="also draw a chart (needs matplotlib)")
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="redraw the table each time the file changes (a live report); Ctrl-C ends",
+    )
+    parser.add_argument(
+        "--every",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="with --watch: seconds between looks at the file (default: 1)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.watch:
+        if args.chart:
+            parser.error("--watch and --chart do not go together")
+        if not args.every > 0:
+            parser.error("--every must be above 0 seconds")
+        try:
+            watch(args.file, args.sort, args.every)
+        except KeyboardInterrupt:
+            return 0
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 1
     try:
         pyplot = _load_pyplot() if args.chart else None
         report = load_report(args.file)

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import platform
 import threading
 from collections.abc import Sequence
 from types import CodeType
 from typing import TYPE_CHECKING
 
-from agent import importer
-from agent.events import Dispatcher, JoinPoint, Probe
+from agent import importer, periodic
+from agent.events import Dispatcher, JoinPoint, Probe, code_kind
 from agent.plugins import AgentContext, PluginSet, build_plugins
 from agent.pointcuts import AgentConfig
 from agent.weaving import env
@@ -33,11 +34,32 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "bytecode", "monitoring")
 # Never woven: the agent itself and what it runs on (a plugin must not profile itself).
-_OWN = ("agent", "bytecode", "cluster", "cache", "diskcache", "zeroconf")
+# The libraries of the built-in plugins too: a scrape or an export is the agent's own work.
+_OWN = (
+    "agent",
+    "bytecode",
+    "cluster",
+    "cache",
+    "diskcache",
+    "zeroconf",
+    "prometheus_client",
+    "opentelemetry",
+)
+
+
+INTERVAL_VARIABLE = "AGENT_REPORT_INTERVAL"
 
 
 class AgentError(RuntimeError):
     """The agent cannot start as asked; the message says what to change."""
+
+
+def parse_interval(text: str | None, source: str) -> float | None:
+    """:func:`agent.periodic.parse_interval`, with :class:`AgentError` for bad text."""
+    try:
+        return periodic.parse_interval(text, source)
+    except ValueError as exc:
+        raise AgentError(str(exc)) from None
 
 
 def _own(module: str) -> bool:
@@ -53,6 +75,7 @@ class Agent:
         backend: str = "auto",
         report: str | None = None,
         extra_plugins: Sequence[object] = (),
+        report_interval: float | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise AgentError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -67,6 +90,11 @@ class Agent:
         self.backend = "bytecode" if backend == "auto" else backend
         self.config = config
         self.report = report
+        self.report_interval = (
+            report_interval
+            if report_interval is not None
+            else parse_interval(os.environ.get(INTERVAL_VARIABLE), f"${INTERVAL_VARIABLE}")
+        )
         plugins, self.plugin_errors = build_plugins(config.plugins)
         self.plugins = PluginSet(
             list(plugins) + list(extra_plugins), Dispatcher(), accelerate=self.backend == "bytecode"
@@ -101,7 +129,9 @@ class Agent:
         with self._lock:
             probe = self._probes.get(key)
             if probe is None:
-                joinpoint = JoinPoint(aspect.name, aspect.type, names[0], aspect.message_id)
+                joinpoint = JoinPoint(
+                    aspect.name, aspect.type, names[0], aspect.message_id, code_kind(code.co_flags)
+                )
                 probe = self.plugins.probe_for(joinpoint)
                 if probe is None:
                     self._unheard.setdefault(aspect.name, set()).add(names[0])
@@ -132,7 +162,12 @@ class Agent:
     def start(self) -> None:
         """Start the plugins, install the import hook and weave what is already loaded."""
         self.plugins.start(
-            AgentContext(python=platform.python_version(), backend=self.backend, report=self.report)
+            AgentContext(
+                python=platform.python_version(),
+                backend=self.backend,
+                report=self.report,
+                report_interval=self.report_interval,
+            )
         )
         if self.backend == "monitoring":
             from agent.weaving.monitoring import MonitoringBackend
@@ -199,6 +234,7 @@ def start(
     backend: str = "auto",
     report: str | None = None,
     extra_plugins: Sequence[object] = (),
+    report_interval: float | None = None,
 ) -> Agent:
     """Start this process's agent, or return the one already running (woven once)."""
     global _agent
@@ -211,7 +247,7 @@ def start(
                     config.path,
                 )
             return _agent
-        agent = Agent(config, backend, report, extra_plugins)
+        agent = Agent(config, backend, report, extra_plugins, report_interval)
         _agent = agent
     agent.start()
     return agent

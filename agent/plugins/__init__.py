@@ -72,6 +72,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -95,6 +96,7 @@ __all__ = [
     "PluginSet",
     "PluginSpecLike",
     "build_plugins",
+    "import_extra",
     "load_factory",
     "receivers",
     "resolve",
@@ -103,6 +105,9 @@ __all__ = [
 BUILTIN: dict[str, str] = {
     "timing": "agent.plugins.timing:TimingPlugin",
     "failover": "agent.plugins.failover:FailoverPlugin",
+    "prometheus": "agent.plugins.prometheus:PrometheusPlugin",
+    "opentelemetry": "agent.plugins.otel:OpenTelemetryPlugin",
+    "trace": "agent.plugins.trace:TracePlugin",
 }
 """Short names of the plugins that come with twinweave, and their factories."""
 
@@ -117,7 +122,27 @@ STOP_TIMEOUT = 2.0
 
 
 class PluginError(Exception):
-    """A plugin cannot be found or built; the message says what to do about it."""
+    """A plugin cannot be found, built or started; the message says what to do about it.
+
+    Raised from a plugin's ``start``, it is logged as that one message (no traceback):
+    use it for configuration mistakes the user can fix (a port in use, a bad option).
+    """
+
+
+def import_extra(module: str, extra: str, plugin: str) -> Any:
+    """Import ``module`` for a built-in plugin, or say which extra installs it.
+
+    ``import_extra("prometheus_client", "prometheus", "prometheus")`` returns the
+    module, or raises :class:`PluginError` with ``pip install twinweave[prometheus]``.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise PluginError(
+            f"the {plugin} plugin needs the {module.split('.')[0]} package, which is not "
+            f"installed in this interpreter ({sys.executable}): pip install "
+            f"twinweave[{extra}]"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -134,6 +159,9 @@ class AgentContext:
     """Weaving backend in use: ``"bytecode"`` or ``"monitoring"``."""
     report: str | None = None
     """The ``--report FILE`` given on the command line, or ``None``."""
+    report_interval: float | None = None
+    """Seconds between rewrites of the report (``--report-interval``,
+    ``$AGENT_REPORT_INTERVAL``), or ``None`` for "at exit only"."""
 
 
 class Plugin:
@@ -144,6 +172,10 @@ class Plugin:
     """
 
     name: str = "plugin"
+    order: int = 0
+    """Receivers of plugins with a lower order run first for each event (ties: file order).
+    The ``failover`` plugin runs last (100), so that it sees the trace context that a
+    tracing plugin made current for the step."""
 
     def start(self, context: AgentContext) -> None:
         """Called once before any event; ``context`` describes the agent."""
@@ -397,7 +429,8 @@ class PluginSet:
         self.accelerate = accelerate
         self._members: list[_Member] = []
         used: dict[str, int] = {}
-        for plugin in plugins:
+        # stable: equal orders keep the pointcut file's order
+        for plugin in sorted(plugins, key=lambda plugin: _order(plugin)):
             base = str(getattr(plugin, "name", None) or type(plugin).__name__)
             used[base] = used.get(base, 0) + 1
             owner = base if used[base] == 1 else f"{base}#{used[base]}"
@@ -482,13 +515,15 @@ class PluginSet:
             start = getattr(member.plugin, "start", None)
             if start is None:
                 continue
-            done: list[bool] = []
+            done: list[PluginError | None] = []
             self.dispatcher.call(member.owner, _then_mark(start, done), context)
-            if not done:
+            if not done or done[0] is not None:
+                why = f"{done[0]}" if done else "see the error above"
                 log.error(
-                    "twinweave: plugin %s failed to start (see the error above); it is "
-                    "disabled and the program goes on without it",
+                    "twinweave: plugin %s failed to start (%s); it is disabled and the "
+                    "program goes on without it",
                     member.owner,
+                    why,
                 )
                 self._members.remove(member)
         if any(
@@ -558,11 +593,22 @@ class PluginSet:
         return moved
 
 
-def _then_mark(function: Callable[..., Any], done: list[bool]) -> Callable[..., None]:
-    """``function`` wrapped to record in ``done`` that it returned normally."""
+def _order(plugin: Any) -> int:
+    order = getattr(plugin, "order", 0)
+    return order if isinstance(order, int) and not isinstance(order, bool) else 0
+
+
+def _then_mark(function: Callable[..., Any], done: list[PluginError | None]) -> Callable[..., None]:
+    """``function`` wrapped to record in ``done`` how it ended: ``None`` when it returned,
+    the :class:`PluginError` it raised (a message for the user, no traceback), or nothing
+    when it raised anything else (the dispatcher logs that with its traceback)."""
 
     def run(*args: Any) -> None:
-        function(*args)
-        done.append(True)
+        try:
+            function(*args)
+        except PluginError as exc:
+            done.append(exc)
+        else:
+            done.append(None)
 
     return run

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 class FailoverPlugin(Plugin):
     name = "failover"
+    order = 100  # after tracing plugins: their span is current when a start is recorded
 
     def __init__(self, **options: str) -> None:
         if options:

@@ -25,26 +25,39 @@ a duration plus its 7 leading bits):
   which averages out over batches, unless the durations follow a pattern whose
   period matches the sampling stride.
 
-Options (attributes of ``<plugin name="timing" .../>``): ``report``, the JSON file
-to write at stop. It wins over ``--report FILE``; without either, the table is
-logged at INFO. A relative path is taken from the working directory at start;
-``{pid}`` in it becomes the process id (child processes that inherit
-``AGENT_POINTCUTS`` would otherwise overwrite each other's report).
+Options (attributes of ``<plugin name="timing" .../>``):
+
+* ``report``, the JSON file to write at stop. It wins over ``--report FILE``;
+  without either, the table goes to stderr at exit (it is the profile the user
+  asked for, so it is shown whatever the logging level). A relative path is taken
+  from the working directory at start; ``{pid}`` in it becomes the process id
+  (child processes that inherit ``AGENT_POINTCUTS`` would otherwise overwrite
+  each other's report).
+* ``interval``, seconds: also rewrite the report that often while the program
+  runs (it wins over ``--report-interval`` and ``$AGENT_REPORT_INTERVAL``). Each
+  write is atomic and carries ``written_at`` (ISO 8601, UTC), ``uptime_s`` (since
+  the agent started) and ``final`` (true for the write at exit), so
+  ``python -m agent.report stats.json --watch`` can follow a service that runs for
+  weeks. A rewrite holds what the drain thread delivered, at most about 0.5 s old.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
 import platform
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from agent.events import JoinPoint
-from agent.plugins import AgentContext, Plugin
+from agent.periodic import Periodic, parse_interval
+from agent.plugins import AgentContext, Plugin, PluginError
 from agent.report import format_table
 from agent.speedups import TimingSummary
 from agent.stats import MANTISSA_BITS, bucket_bounds
@@ -207,25 +220,45 @@ def write_report(report: dict[str, Any], path: str) -> None:
 
 
 class TimingPlugin(Plugin):
-    """Per-component timing statistics, written as a JSON report (or logged) at stop."""
+    """Per-component timing statistics, written as a JSON report (or shown) at stop.
+
+    With an interval, the report is also rewritten every that many seconds.
+    """
 
     name = "timing"
 
-    def __init__(self, report: str | None = None) -> None:
+    def __init__(self, report: str | None = None, interval: str | None = None) -> None:
         self.report = report or None
+        self.interval = _interval(interval, "interval")
         self.path: str | None = None
         """Where :meth:`stop` writes the report, decided at :meth:`start`."""
         self._python = platform.python_version()
         self._backend = "unknown"
         self._components: dict[tuple[str, str], ComponentStats] = {}
         self._lock = threading.Lock()
+        self._started_at = time.monotonic()
+        self._writer: Periodic | None = None
+        self._write_failed = False
 
     def start(self, context: AgentContext) -> None:
         self._python = context.python
         self._backend = context.backend
+        self._started_at = time.monotonic()
         chosen = self.report or context.report
         # "{pid}" in the name keeps the reports of processes sharing a pointcut file apart.
         self.path = os.path.abspath(chosen.replace("{pid}", str(os.getpid()))) if chosen else None
+        interval = self.interval or getattr(context, "report_interval", None)
+        if interval is None:
+            return
+        if self.path is None:
+            log.warning(
+                "twinweave timing: a report interval (%g s) needs a report file "
+                '(report="stats.json" or --report); the table is shown at exit only',
+                interval,
+            )
+            return
+        self._writer = Periodic(interval, self._rewrite, "twinweave-report")
+        self._writer.start()
 
     def _stats(self, joinpoint: JoinPoint) -> ComponentStats:
         key = (joinpoint.aspect, joinpoint.name)
@@ -242,18 +275,52 @@ class TimingPlugin(Plugin):
         with self._lock:
             self._stats(joinpoint).add_summary(summary)
 
-    def build_report(self) -> dict[str, Any]:
-        """The report so far, components by ``total_ns`` descending."""
+    def components(self) -> list[dict[str, Any]]:
+        """Every component with calls so far, as report objects, by ``total_ns`` descending."""
         with self._lock:
             components = [stats.as_dict() for stats in self._components.values() if stats.count]
         components.sort(key=lambda c: (-c["total_ns"], c["name"], c["aspect"]))
-        return {"python": self._python, "backend": self._backend, "components": components}
+        return components
+
+    def build_report(self, final: bool = True) -> dict[str, Any]:
+        """The report so far: DESIGN.md's fields, and when and how long into the run."""
+        return {
+            "python": self._python,
+            "backend": self._backend,
+            "components": self.components(),
+            "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="milliseconds"
+            ),
+            "uptime_s": round(time.monotonic() - self._started_at, 3),
+            "final": final,
+        }
+
+    def _rewrite(self) -> None:
+        """One live rewrite (the writer thread); a failure is logged once, then retried."""
+        assert self.path is not None
+        try:
+            write_report(self.build_report(final=False), self.path)
+        except OSError as exc:
+            if not self._write_failed:
+                self._write_failed = True
+                log.error(
+                    "twinweave timing: could not rewrite the report %s (%s: %s); retrying "
+                    "every %g s, and once more at exit",
+                    self.path,
+                    type(exc).__name__,
+                    exc,
+                    self._writer.interval if self._writer else 0,
+                )
+        else:
+            self._write_failed = False
 
     def stop(self) -> None:
-        """Write the report to :attr:`path`, or log it as a table; never raises."""
-        report = self.build_report()
+        """Write the report to :attr:`path`, or show it on stderr as a table; never raises."""
+        if self._writer is not None:
+            self._writer.stop()
+        report = self.build_report(final=True)
         if self.path is None:
-            log.info("twinweave timing report (no report file set):\n%s", format_table(report))
+            _show(format_table(report))
             return
         try:
             write_report(report, self.path)
@@ -268,3 +335,24 @@ class TimingPlugin(Plugin):
             )
         else:
             log.info("twinweave timing: report written to %s", self.path)
+
+
+def _interval(text: str | None, option: str) -> float | None:
+    try:
+        return parse_interval(text, f'timing plugin option {option}="{text}"')
+    except ValueError as exc:
+        raise PluginError(str(exc)) from None
+
+
+def _show(table: str) -> None:
+    """The table on stderr, at exit: the user's profile, shown without asking."""
+    stream = sys.stderr
+    if stream is None:  # pythonw, or a closed stderr: nowhere to show it
+        return
+    try:
+        stream.write(table + "\n")
+        stream.flush()
+    except UnicodeEncodeError:
+        stream.write(table.replace("µ", "u") + "\n")
+    except (OSError, ValueError):
+        pass

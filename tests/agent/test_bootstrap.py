@@ -308,3 +308,66 @@ def test_options_after_the_target_belong_to_the_program(project):
     assert woven.returncode == 0, woven.stderr
     assert "json.tool" in woven.stdout or "json" in woven.stdout
     assert "twinweave agent" not in woven.stdout
+
+
+def test_without_a_report_file_the_table_is_shown_at_exit(project):
+    woven = run(["-m", "agent.bootstrap", "--pointcuts", "aop.xml", "app/app.py", "a"], project)
+    assert woven.returncode == 0, woven.stderr
+    assert woven.stdout.splitlines()[0] == "A"
+    assert "twinweave timing report: python" in woven.stderr  # without -v
+    assert "app.Flow.on_message [flow]" in woven.stderr and "app.helper [helpers]" in woven.stderr
+
+
+LIVE_APP = textwrap.dedent(
+    """
+    import json, os, sys, time
+
+    def helper(m):
+        return m.upper()
+
+    # call woven code, then wait (bounded) until the live report shows those calls
+    for m in "abc":
+        helper(m)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with open("r.json") as f:
+                report = json.load(f)
+        except (OSError, ValueError):
+            report = None
+        if report and report["components"] and not report["final"]:
+            print("LIVE", report["components"][0]["count"], report["uptime_s"] > 0)
+            break
+        time.sleep(0.05)
+    else:
+        print("NO LIVE REPORT")
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_report_interval_rewrites_while_the_program_runs(project, how):
+    (project / "app" / "app.py").write_text(LIVE_APP)
+    if how == "flag":
+        woven = bootstrap(project, "--report-interval", "0.2", "app/app.py")
+    else:
+        woven = bootstrap(project, "app/app.py", env={"AGENT_REPORT_INTERVAL": "0.2"})
+    assert woven.returncode == 0, woven.stderr
+    assert woven.stdout.strip() == "LIVE 3 True"
+    final = json.loads((project / "r.json").read_text())
+    assert final["final"] is True and final["components"][0]["count"] == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--report-interval", "often"], None, "--report-interval"),
+        ([], {"AGENT_REPORT_INTERVAL": "-3"}, "$AGENT_REPORT_INTERVAL"),
+    ],
+)
+def test_bad_report_interval_stops_before_the_program(project, args, env, named):
+    woven = bootstrap(project, *args, "app/app.py", "a", env=env)
+    assert woven.returncode == 2
+    assert woven.stdout == ""
+    assert named in woven.stderr and "seconds above 0" in woven.stderr
+    assert "Traceback" not in woven.stderr

@@ -240,3 +240,75 @@ def test_chart_save_failure_is_a_report_error(tmp_path: Path) -> None:
     pyplot.subplots.return_value = (figure, (mock.MagicMock(), mock.MagicMock()))
     with pytest.raises(report_module.ReportError, match="cannot write the chart"):
         write_chart(SAMPLE, str(tmp_path / "x.png"), "total", pyplot)
+
+
+def _live(count: int, final: bool = False) -> dict[str, Any]:
+    report = json.loads(json.dumps(SAMPLE))
+    report["components"][0]["count"] = count
+    report.update(written_at="2026-12-02T10:00:00.000+00:00", uptime_s=12.5, final=final)
+    return report
+
+
+def test_watch_redraws_when_the_file_changes_and_ctrl_c_ends_it(tmp_path: Path) -> None:
+    import queue
+    import signal
+    import threading
+    import time
+
+    path = tmp_path / "stats.json"
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "agent.report", str(path), "--watch", "--every", "0.05"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(
+        target=lambda: [lines.put(line) for line in watcher.stdout], daemon=True
+    )
+    reader.start()
+    seen: list[str] = []
+
+    def wait_for(text: str) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                seen.append(lines.get(timeout=0.1))
+            except queue.Empty:
+                continue
+            if text in seen[-1]:
+                return
+        raise AssertionError(f"{text!r} not shown; got {seen!r}")
+
+    try:
+        wait_for("waiting for")
+        path.write_text(json.dumps(_live(12_000)), encoding="utf-8")
+        wait_for("12,000")
+        assert any("written at 2026-12-02T10:00:00.000+00:00" in line for line in seen)
+        replacement = tmp_path / "next.json"
+        replacement.write_text(json.dumps(_live(13_500, final=True)), encoding="utf-8")
+        os.replace(replacement, path)
+        wait_for("13,500")
+        assert any("final" in line for line in seen)
+        path.write_text("{half", encoding="utf-8")
+        wait_for("watching for the next write")
+        watcher.send_signal(signal.SIGINT)
+        assert watcher.wait(timeout=10) == 0
+        assert "Traceback" not in watcher.stderr.read()
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait(timeout=10)
+        watcher.stdout.close()
+        watcher.stderr.close()
+    assert not any("\x1b[" in line for line in seen)  # not a terminal: no screen codes
+
+
+def test_watch_refuses_a_chart(sample_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main([str(sample_file), "--watch", "--chart", "x.png"])
+    assert stopped.value.code == 2
+    assert "--watch and --chart" in capsys.readouterr().err

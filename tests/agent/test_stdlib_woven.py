@@ -199,6 +199,14 @@ CHANGED = [
         ((3, 11), (3, 99)),
     ),
     Exclusion(
+        "test_sys",
+        r"test_sys\.SysModuleTest\.test_getallocatedblocks",
+        "reads sys.getallocatedblocks() twice and wants them within 50 blocks of each other; "
+        "the agent's drain thread (agent.drain) wakes every 0.5 s and allocates while it "
+        "folds durations, so on a loaded machine a wake-up can land between the two reads "
+        "(seen once in CI-like runs: 104504 not in range(104281, 104381))",
+    ),
+    Exclusion(
         "test_trace",
         r"test_trace\.TestCoverage\.test_coverage_ignore",
         "counts which files a line tracer saw while the test imports a module: the agent's "

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 
 from agent import speedups
 from agent.events import JoinPoint
-from agent.plugins import AgentContext, PluginSet, timing
+from agent.plugins import AgentContext, PluginError, PluginSet, timing
 from agent.plugins.timing import (
     SAMPLE_LIMIT,
     ComponentStats,
@@ -183,8 +185,12 @@ def test_report_json_shape(tmp_path: Path) -> None:
     feed(plugin)
     plugin.stop()
     report = json.loads(path.read_text(encoding="utf-8"))
-    assert list(report) == ["python", "backend", "components"]
+    assert list(report) == ["python", "backend", "components", "written_at", "uptime_s", "final"]
     assert (report["python"], report["backend"]) == ("3.11.7", "bytecode")
+    assert report["final"] is True and report["uptime_s"] >= 0
+    written = datetime.datetime.fromisoformat(report["written_at"])
+    assert written.tzinfo is not None
+    assert abs((datetime.datetime.now(datetime.timezone.utc) - written).total_seconds()) < 60
     assert [c["name"] for c in report["components"]] == [SERVICE.name, FLOW.name]
     for component in report["components"]:
         assert list(component) == KEYS
@@ -219,16 +225,96 @@ def test_relative_report_path_is_taken_at_start(
     assert (tmp_path / "stats.json").exists()
 
 
-def test_without_report_path_the_table_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+def test_without_report_path_the_table_goes_to_stderr(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     plugin = TimingPlugin()
     plugin.start(CONTEXT)
     feed(plugin)
-    with caplog.at_level(logging.INFO, logger="agent.plugins.timing"):
+    with caplog.at_level(logging.DEBUG, logger="agent.plugins.timing"):
         plugin.stop()
-    (record,) = caplog.records
-    assert record.levelno == logging.INFO
-    assert "python 3.11.7, backend bytecode" in record.getMessage()
-    assert SERVICE.name in record.getMessage()
+    shown = capsys.readouterr()
+    assert shown.out == ""
+    assert "python 3.11.7, backend bytecode" in shown.err
+    assert SERVICE.name in shown.err and FLOW.name in shown.err
+    assert not caplog.records  # shown once, not logged a second time
+
+
+def test_interval_rewrites_the_report_while_running(tmp_path: Path) -> None:
+    path = tmp_path / "stats.json"
+    plugin = TimingPlugin(report=str(path), interval="0.05")
+    plugin.start(CONTEXT)
+    try:
+        plugin.on_timings(FLOW, [1_000], [])
+        first = wait_for_report(path, lambda r: r["components"])
+        assert first["final"] is False
+        assert [(c["name"], c["count"]) for c in first["components"]] == [(FLOW.name, 1)]
+        plugin.on_timings(FLOW, [2_000, 3_000], [])
+        second = wait_for_report(path, lambda r: r["components"][0]["count"] == 3)
+        assert second["uptime_s"] >= first["uptime_s"]
+    finally:
+        plugin.stop()
+    final = json.loads(path.read_text(encoding="utf-8"))
+    assert final["final"] is True and final["components"][0]["count"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["stats.json"]
+
+
+def wait_for_report(path: Path, ready: Any, timeout: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            report = json.loads(path.read_text(encoding="utf-8"))
+            if ready(report):
+                return report
+        time.sleep(0.01)
+    raise AssertionError(f"{path} did not get the expected content within {timeout} s")
+
+
+def test_interval_from_the_context_and_option_wins(tmp_path: Path) -> None:
+    context = AgentContext("3.11.7", "bytecode", report=str(tmp_path / "s.json"), report_interval=7)
+    from_context = TimingPlugin()
+    from_context.start(context)
+    own = TimingPlugin(interval="0.5")
+    own.start(context)
+    try:
+        assert from_context._writer is not None and from_context._writer.interval == 7
+        assert own._writer is not None and own._writer.interval == 0.5
+    finally:
+        from_context.stop()
+        own.stop()
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "soon", "nan", "inf"])
+def test_bad_interval_is_a_plugin_error(bad: str) -> None:
+    with pytest.raises(PluginError, match=f'interval="{bad}".*seconds above 0'):
+        TimingPlugin(report="stats.json", interval=bad)
+
+
+def test_interval_without_report_file_warns_and_shows_at_exit(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plugin = TimingPlugin(interval="1")
+    with caplog.at_level(logging.WARNING, logger="agent.plugins.timing"):
+        plugin.start(CONTEXT)
+    assert "needs a report file" in caplog.text and plugin._writer is None
+    feed(plugin)
+    plugin.stop()
+    assert SERVICE.name in capsys.readouterr().err
+
+
+def test_live_rewrite_failure_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "gone" / "stats.json"
+    plugin = TimingPlugin(report=str(path), interval="0.02")
+    with caplog.at_level(logging.ERROR, logger="agent.plugins.timing"):
+        plugin.start(CONTEXT)
+        time.sleep(0.3)
+        assert plugin._writer is not None and plugin._writer.runs >= 2
+        plugin.stop()
+    rewrites = [r for r in caplog.records if "could not rewrite" in r.getMessage()]
+    assert len(rewrites) == 1 and str(path) in rewrites[0].getMessage()
+    assert any("could not write the report" in r.getMessage() for r in caplog.records)
 
 
 def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
