@@ -25,6 +25,7 @@ Not here: the election (``cluster``), the stores' encoding (``cache.store``).
 
 from __future__ import annotations
 
+import bisect
 import collections
 import logging
 import socket
@@ -32,6 +33,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from cache.replica import Replica, ReplicaError
@@ -76,6 +78,7 @@ class _Link:
         self.target = (0, 0)  # live once it has acked this (the end of its catch-up)
         self.live = False
         self.closed = False
+        self.joined_at = time.monotonic()
         self.wake = threading.Condition(hub.lock)
         self.sender: threading.Thread | None = None
 
@@ -145,6 +148,24 @@ class _Link:
             self.close(f"receive failed: {exc}")
 
 
+@dataclass(frozen=True)
+class SlaveLag:
+    """How far one slave is behind the master (:meth:`Hub.slave_lag`)."""
+
+    node_id: str
+    live: bool
+    """Caught up once since it joined (sync writes wait for it)."""
+    changes: int
+    """Changes the master made that the slave has not acknowledged."""
+    seconds: float
+    """Age of the oldest of those changes (0 when it has acknowledged everything)."""
+
+
+COMMIT_TIMES = 4096
+"""Recent commits whose time the hub keeps for :meth:`Hub.slave_lag` (older ones are
+dropped; a slave further behind reports the age of the oldest one kept)."""
+
+
 class _Ticket:
     """One writer's changes, waiting to be carried by a group commit."""
 
@@ -187,6 +208,11 @@ class Hub:
         self._queued: list[_Ticket] = []  # writes waiting for the next group commit
         self._committed = threading.Condition(self.lock)
         self.commits = 0  # group commits made (each one transaction, frame and ack)
+        self.writes = 0  # changes written (a group commit carries one or more)
+        # (last seq, monotonic time) of recent commits: how old a slave's lag is
+        self._commit_times: collections.deque[tuple[int, float]] = collections.deque(
+            maxlen=COMMIT_TIMES
+        )
         self._awaiting = False  # a writer waits for acknowledgements (under the lock)
         self._committing = False
         self.snapshots = 0  # full snapshots sent (the rest caught up from the log)
@@ -298,7 +324,9 @@ class Hub:
                 ticket.position = (epoch, ops[-1].seq)
             self.replica.apply_all(ops, validate=False)  # values encoded by us just now
             self.commits += 1
+            self.writes += len(ops)
             last = ops[-1].seq
+            self._commit_times.append((last, time.monotonic()))
             waiting = []
             frame: object = ops[0] if len(ops) == 1 else Batch(tuple(ops))
             for link in self.links:
@@ -352,6 +380,25 @@ class Hub:
                     link.close("too slow to acknowledge", tell=True)
                 return
             self.cond.wait(remaining)
+
+    def slave_lag(self) -> list[SlaveLag]:
+        """Every connected slave and how far behind it is (for metrics; cheap)."""
+        now = time.monotonic()
+        with self.lock:
+            last = self.replica.position[1]
+            commits = list(self._commit_times)
+            links = [(ln.node_id, ln.live, ln.acked[1], ln.joined_at) for ln in self.links]
+        lags = []
+        for node_id, live, acked, joined_at in links:
+            changes = max(0, last - acked)
+            seconds = 0.0
+            if changes:
+                # the oldest commit the slave has not acknowledged, else when it joined
+                index = bisect.bisect_right(commits, (acked, float("inf")))
+                since = commits[index][1] if index < len(commits) else joined_at
+                seconds = max(0.0, now - min(since, now))
+            lags.append(SlaveLag(node_id, live, changes, seconds))
+        return lags
 
     def live_slaves(self) -> list[str]:
         with self.lock:

@@ -31,9 +31,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from cache.replica import Replica
-from cache.replication import Follower, Hub
+from cache.replication import Follower, Hub, SlaveLag
 from cluster.config import Settings
 from cluster.election import (
     Action,
@@ -57,6 +58,34 @@ EXIT_DEMOTED = 75  # EX_TEMPFAIL: "try again"; a supervisor restarts the node as
 EXIT_FAILED = 1
 LEAVING_COPIES = 3  # a goodbye is sent this many times: losing it costs a whole window
 FORCE_GRACE_S = 2.0  # after the stop deadline, how long the adapter gets once interrupted
+
+
+@dataclass(frozen=True)
+class NodeMetrics:
+    """A node's counters and gauges at one moment (:meth:`Node.metrics`)."""
+
+    cluster: str
+    node: str
+    state: str
+    """The election state: ``joining``, ``slave``, ``candidate``, ``master``, ``stopped``."""
+    is_master: bool
+    """Whether it may act as master now (its lease holds)."""
+    epoch: int
+    """The epoch it is master of, or the last one it followed."""
+    known_epoch: int
+    """The newest epoch it has heard of."""
+    takeovers: int
+    """Times this process was promoted."""
+    dropped: dict[str, int]
+    """Heartbeats dropped, by reason (``cluster.protocol``)."""
+    replicated_writes: int
+    """Changes this node wrote to the replicated cache as master."""
+    replication_refused: dict[str, int]
+    """Replication connections refused or ended, by reason (both directions)."""
+    position: int
+    """Sequence number of the last change in this node's replica."""
+    slaves: list[SlaveLag] = field(default_factory=list)
+    """On the master: each connected slave's lag."""
 
 
 class Node:
@@ -117,6 +146,7 @@ class Node:
         self._adapter_running = False
         self._interrupting = False
         self.promoted_at: float | None = None
+        self.takeovers = 0  # promotions of this node since it started
 
     # -- life ------------------------------------------------------------------------------
 
@@ -243,6 +273,31 @@ class Node:
             "dropped": dict(self.codec.dropped),
         }
 
+    def metrics(self) -> NodeMetrics:
+        """What this node counts, for a metrics endpoint; any thread, no waiting."""
+        m = self.machine
+        refused: dict[str, int] = {}
+        for counter in (
+            self.hub.refused if self.hub else {},
+            self.follower.refused if self.follower else {},
+        ):
+            for reason, count in counter.items():
+                refused[reason] = refused.get(reason, 0) + count
+        return NodeMetrics(
+            cluster=self.settings.cluster,
+            node=self.node_id,
+            state=m.state.value,
+            is_master=self.is_master(),
+            epoch=m.epoch,
+            known_epoch=m.known_epoch,
+            takeovers=self.takeovers,
+            dropped=dict(self.codec.dropped),
+            replicated_writes=self.hub.writes if self.hub else 0,
+            replication_refused=refused,
+            position=self.replica.position[1],
+            slaves=self.hub.slave_lag() if self.hub and m.state is State.MASTER else [],
+        )
+
     # -- the loop --------------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -316,6 +371,7 @@ class Node:
                     return None
             elif isinstance(action, Promote):
                 self.promoted_at = time.monotonic()
+                self.takeovers += 1
                 log.info("Promoted to Master node (epoch %d, %s)", action.epoch, action.reason)
                 log.info("Failover Manager has been promoted")
                 promotion = action

@@ -197,6 +197,45 @@ class ComponentStats:
         }
 
 
+class Components:
+    """The :class:`ComponentStats` of every join point a plugin heard of; thread-safe.
+
+    What a statistics plugin keeps: the timing plugin, and the prometheus plugin,
+    which fills one from the same drains and turns it into metrics at each scrape.
+    """
+
+    def __init__(self) -> None:
+        self._stats: dict[tuple[str, str], ComponentStats] = {}
+        self.lock = threading.Lock()
+        """Held while a batch is folded in; hold it to read a consistent view."""
+
+    def _get(self, joinpoint: JoinPoint) -> ComponentStats:
+        key = (joinpoint.aspect, joinpoint.name)
+        stats = self._stats.get(key)
+        if stats is None:
+            stats = self._stats[key] = ComponentStats(joinpoint)
+        return stats
+
+    def add(self, joinpoint: JoinPoint, ok: Sequence[int], failed: Sequence[int]) -> None:
+        with self.lock:
+            self._get(joinpoint).add(ok, failed)
+
+    def add_summary(self, joinpoint: JoinPoint, summary: TimingSummary) -> None:
+        with self.lock:
+            self._get(joinpoint).add_summary(summary)
+
+    def stats(self) -> list[ComponentStats]:
+        """The components with calls so far; read them under :attr:`lock`."""
+        return [stats for stats in self._stats.values() if stats.count]
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        """Every component with calls so far, as report objects, by ``total_ns`` descending."""
+        with self.lock:
+            components = [stats.as_dict() for stats in self.stats()]
+        components.sort(key=lambda c: (-c["total_ns"], c["name"], c["aspect"]))
+        return components
+
+
 def write_report(report: dict[str, Any], path: str) -> None:
     """Write ``report`` as JSON to ``path`` atomically: a temporary file, then ``os.replace``.
 
@@ -234,8 +273,7 @@ class TimingPlugin(Plugin):
         """Where :meth:`stop` writes the report, decided at :meth:`start`."""
         self._python = platform.python_version()
         self._backend = "unknown"
-        self._components: dict[tuple[str, str], ComponentStats] = {}
-        self._lock = threading.Lock()
+        self.components = Components()
         self._started_at = time.monotonic()
         self._writer: Periodic | None = None
         self._write_failed = False
@@ -260,34 +298,18 @@ class TimingPlugin(Plugin):
         self._writer = Periodic(interval, self._rewrite, "twinweave-report")
         self._writer.start()
 
-    def _stats(self, joinpoint: JoinPoint) -> ComponentStats:
-        key = (joinpoint.aspect, joinpoint.name)
-        stats = self._components.get(key)
-        if stats is None:
-            stats = self._components[key] = ComponentStats(joinpoint)
-        return stats
-
     def on_timings(self, joinpoint: JoinPoint, ok: list[int], failed: list[int]) -> None:
-        with self._lock:
-            self._stats(joinpoint).add(ok, failed)
+        self.components.add(joinpoint, ok, failed)
 
     def on_summary(self, joinpoint: JoinPoint, summary: TimingSummary) -> None:
-        with self._lock:
-            self._stats(joinpoint).add_summary(summary)
-
-    def components(self) -> list[dict[str, Any]]:
-        """Every component with calls so far, as report objects, by ``total_ns`` descending."""
-        with self._lock:
-            components = [stats.as_dict() for stats in self._components.values() if stats.count]
-        components.sort(key=lambda c: (-c["total_ns"], c["name"], c["aspect"]))
-        return components
+        self.components.add_summary(joinpoint, summary)
 
     def build_report(self, final: bool = True) -> dict[str, Any]:
         """The report so far: DESIGN.md's fields, and when and how long into the run."""
         return {
             "python": self._python,
             "backend": self._backend,
-            "components": self.components(),
+            "components": self.components.as_dicts(),
             "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="milliseconds"
             ),

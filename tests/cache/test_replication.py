@@ -377,3 +377,34 @@ def test_drain_waits_for_the_slaves_to_acknowledge_everything(tmp_path):
         assert replica.position == (1, 500)  # no waiting: drain returned after the ack
     finally:
         r.close()
+
+
+def test_slave_lag_counts_what_each_slave_has_not_acknowledged(rig):
+    r = rig(sync=False)
+    follower, _ = r.follower("keen")
+    sock = socket.create_connection(("127.0.0.1", r.hub.port))
+    try:
+        session = Session(SECRET, initiator=True)
+        sock.sendall(session.encode(Hello("c", "mute", session.nonce, 1, 0, 0)))
+        sock.settimeout(5)
+        session.feed(sock.recv(65536))  # welcomed, and never acknowledges anything
+        assert wait_for(lambda: sorted(r.hub.live_slaves()) == ["keen", "mute"])
+        assert {lag.node_id: lag.changes for lag in r.hub.slave_lag()} == {"keen": 0, "mute": 0}
+        store = r.cache()
+        written = time.monotonic()
+        for number in range(3):
+            store.set(f"k{number}", number)
+        assert r.hub.writes == 3
+        assert wait_for(lambda: follower.in_sync and lag_of(r.hub, "keen").changes == 0)
+        time.sleep(0.05)
+        mute = lag_of(r.hub, "mute")
+        assert mute.live and mute.changes == 3
+        assert 0.05 <= mute.seconds <= time.monotonic() - written
+        assert lag_of(r.hub, "keen").seconds == 0
+    finally:
+        sock.close()
+
+
+def lag_of(hub, node_id):
+    (lag,) = [lag for lag in hub.slave_lag() if lag.node_id == node_id]
+    return lag
