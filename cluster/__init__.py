@@ -78,8 +78,11 @@ def inflight() -> list[dict]:
 
     One dict per message its workflows had started and not finished (recorded by
     the ``failover`` plugin in ``FAILOVER_CACHE``): ``message_id``, ``aspect``,
-    ``step``, ``start`` (Unix time), ``node``, ``epoch``. Redeliver them. Empty
-    outside failover mode, on a slave, or when nothing was in flight.
+    ``step``, ``start`` (Unix time), ``node``, ``epoch``, and, when a span was
+    current as the workflow started (OpenTelemetry), its W3C trace context:
+    ``traceparent``, plus ``tracestate`` when not empty (the ``opentelemetry``
+    plugin links the redelivery's span to it). Redeliver them. Empty outside
+    failover mode, on a slave, or when nothing was in flight.
     """
     if _node is None:
         return []

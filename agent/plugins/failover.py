@@ -9,6 +9,13 @@ processing when it went. Outside failover mode, or on a node that is not the
 master, it records nothing. Under ``--failover`` the bootstrap adds it whether
 or not the pointcut file names it.
 
+Trace context: when OpenTelemetry is already imported (an application or the
+``opentelemetry`` plugin uses it) and a span is current as the workflow starts
+(the ``opentelemetry`` plugin's own, since this plugin runs after it), the record
+also carries that span's W3C trace context, ``traceparent`` (and ``tracestate``
+when it is not empty), so that the new master's redelivery can link to the dead
+master's span. Without OpenTelemetry this costs nothing and imports nothing.
+
 Cost: two replicated cache writes per workflow call (synchronous by default:
 each waits for the live slaves), so use it on workflows (one call per
 message), not on hot inner functions.
@@ -17,6 +24,7 @@ message), not on hot inner functions.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from typing import Any
 
@@ -63,17 +71,17 @@ class FailoverPlugin(Plugin):
         if store is None:
             return
         jp = event.joinpoint
-        store.set(
-            str(event.message_id),
-            {
-                "message_id": str(event.message_id),
-                "aspect": jp.aspect,
-                "step": jp.name,
-                "start": event.start_ns / 1e9,
-                "node": cluster.node_id(),
-                "epoch": cluster.epoch(),
-            },
-        )
+        record = {
+            "message_id": str(event.message_id),
+            "aspect": jp.aspect,
+            "step": jp.name,
+            "start": event.start_ns / 1e9,
+            "node": cluster.node_id(),
+            "epoch": cluster.epoch(),
+        }
+        if sys.modules.get("opentelemetry") is not None:
+            record.update(_trace_context())
+        store.set(str(event.message_id), record)
 
     def on_step(self, step: Step) -> None:
         if step.message_id is None:
@@ -81,3 +89,29 @@ class FailoverPlugin(Plugin):
         store = self._store()
         if store is not None:
             store.delete(str(step.message_id))
+
+
+_propagator: Any = None
+
+
+def _trace_context() -> dict[str, str]:
+    """The current span's ``traceparent`` (and ``tracestate``), or nothing without a valid span.
+
+    Always the W3C format, whatever ``OTEL_PROPAGATORS`` says: the record's fields are
+    W3C's, and the new master reads them back with the same propagator.
+    """
+    global _propagator
+    if _propagator is None:
+        try:
+            from opentelemetry.trace.propagation.tracecontext import (
+                TraceContextTextMapPropagator,
+            )
+        except ImportError:  # "opentelemetry" is imported, but not its API (another package)
+            _propagator = False
+            return {}
+        _propagator = TraceContextTextMapPropagator()
+    if _propagator is False:
+        return {}
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier)  # writes nothing unless the current span context is valid
+    return {key: carrier[key] for key in ("traceparent", "tracestate") if carrier.get(key)}

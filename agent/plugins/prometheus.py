@@ -51,6 +51,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from agent import __version__
 from agent.events import JoinPoint
 from agent.plugins import AgentContext, Plugin, PluginError, import_extra
 from agent.plugins.timing import Components
@@ -167,7 +168,7 @@ class _Collector:
             value={
                 "python": self.plugin.python,
                 "backend": self.plugin.backend,
-                "version": _version(),
+                "version": __version__,
             },
         )
         duration = core.HistogramMetricFamily(
@@ -285,15 +286,6 @@ def _current_node() -> Any:
     cluster = sys.modules.get("cluster")
     current = getattr(cluster, "current", None)
     return current() if current is not None else None
-
-
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("twinweave")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 class PrometheusPlugin(Plugin):
