@@ -11,6 +11,13 @@ written once, upper-cased once, with one ``X-Processed-By`` line; the input fold
 no temp file left) and prints a summary with the new master's timing table. Exit status 0
 only if every check holds; otherwise 1, with the reason (130 when interrupted).
 
+It also shows the profile live: each node serves Prometheus metrics on a loopback port of
+its own (the ``prometheus`` plugin, extra ``[prometheus]``), and before the stop the demo
+scrapes the new master's ``/metrics`` and prints its workflow count and p99 next to the
+timing table; the nodes write their timeline (the ``trace`` plugin), and the new master's
+is kept for Perfetto (https://ui.perfetto.dev), in the temporary folder, under a name
+the summary gives.
+
 Nothing to set up, nothing leaves the machine: the nodes talk over multicast through
 127.0.0.1 with TTL 0, on a random port, under a cluster name of this run's own; their
 folders, cache and logs live in a temporary folder (removed at the end unless ``--keep``).
@@ -21,15 +28,19 @@ The adapter's ``--trace`` (a test and demo aid) tells the demo what each node di
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -45,6 +56,11 @@ NODES = ("node-a", "node-b", "node-c")
 DELAY_MS = 200  # failover.delay: a heartbeat every 200 ms...
 RETRIES = 3  # ...and a takeover after 3 missed ones
 HEADER = "X-Processed-By: "
+WORKFLOW = "fs_adapter.StandardWorkflow.on_message"
+LIVE_PLUGINS = """\
+    <plugin name="prometheus" address="127.0.0.1" port="{port}"/>
+    <plugin name="trace" file="{timeline}"/>
+"""
 EXIT_DEMOTED = 75  # a node that lost a simultaneous claim steps down with this status
 
 T = TypeVar("T")
@@ -94,11 +110,21 @@ class Trace:
 
 
 class Node:
-    def __init__(self, name: str, popen: subprocess.Popen, log: Path, report: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        popen: subprocess.Popen,
+        log: Path,
+        report: Path,
+        metrics_port: int | None = None,
+        timeline: Path | None = None,
+    ) -> None:
         self.name = name
         self.popen = popen
         self.log = log
         self.report = report
+        self.metrics_port = metrics_port
+        self.timeline = timeline
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -108,6 +134,67 @@ class Node:
             return self.log.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return ""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def live_pointcuts(folder: Path, name: str, port: int, timeline: Path) -> Path:
+    """``examples/aop.xml`` plus the prometheus plugin on ``port`` and the trace plugin."""
+    text = POINTCUTS.read_text(encoding="utf-8")
+    extra = LIVE_PLUGINS.format(port=port, timeline=timeline)
+    path = folder / f"aop-{name}.xml"
+    path.write_text(text.replace("  </plugins>", extra + "  </plugins>", 1), encoding="utf-8")
+    return path
+
+
+def has_prometheus_client(python: str) -> bool:
+    """Whether the nodes' interpreter (this one by default) has the prometheus extra."""
+    if python == sys.executable:
+        return importlib.util.find_spec("prometheus_client") is not None
+    probe = subprocess.run([python, "-c", "import prometheus_client"], capture_output=True)
+    return probe.returncode == 0
+
+
+def scrape(port: int) -> dict[str, Any]:
+    """One real scrape of a node's ``/metrics``: the workflow's histogram and the cluster."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode("utf-8")
+    found: dict[str, Any] = {"url": url, "buckets": []}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("name") == WORKFLOW:
+                if sample.name.endswith("_bucket"):
+                    found["buckets"].append((float(sample.labels["le"]), sample.value))
+                elif sample.name.endswith("_count"):
+                    found["count"] = int(sample.value)
+            elif sample.name.startswith("twinweave_cluster_") and "reason" not in sample.labels:
+                found[sample.name[len("twinweave_cluster_") :]] = sample.value
+    return found
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """The q-quantile from cumulative ``(le, count)`` buckets, as PromQL's
+    ``histogram_quantile`` estimates it (linear within the bucket); None without calls."""
+    buckets = sorted(buckets)
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower  # beyond the last finite bound: PromQL answers that bound
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = bound, count
+    return lower
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between fork and exec
@@ -120,8 +207,11 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between
 class Demo:
     """One run: a temporary folder, three nodes, the feeder, the trace; ``close`` kills all."""
 
-    def __init__(self, root: Path, files: int, delay_ms: int, python: str) -> None:
+    def __init__(
+        self, root: Path, files: int, delay_ms: int, python: str, live: bool = True
+    ) -> None:
         self.root = root
+        self.live = live  # prometheus and trace plugins on the nodes
         self.files = files
         self.delay_ms = delay_ms
         self.python = python
@@ -165,8 +255,12 @@ class Demo:
             "cache.directory": str(self.root / "state" / name),
         }
         report = self.root / f"report-{name}.json"
+        pointcuts, port, timeline = POINTCUTS, None, None
+        if self.live:
+            port, timeline = free_port(), self.root / f"timeline-{name}.json"
+            pointcuts = live_pointcuts(self.root, name, port, timeline)
         command = [self.python, "-m", "agent.bootstrap", "--failover"]
-        command += ["--pointcuts", str(POINTCUTS), "--report", str(report)]
+        command += ["--pointcuts", str(pointcuts), "--report", str(report)]
         for key, value in settings.items():
             command += ["-D", f"{key}={value}"]
         command += [str(ADAPTER), "--in", str(self.inbox), "--out", str(self.outbox)]
@@ -183,7 +277,7 @@ class Demo:
                 env=self.env,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
-        node = self.nodes[name] = Node(name, popen, log, report)
+        node = self.nodes[name] = Node(name, popen, log, report, port, timeline)
         return node
 
     def close(self) -> None:
@@ -386,6 +480,7 @@ def run_demo(demo: Demo, out: Callable[[str], None]) -> list[str]:
 
     s.wait("end of the work (every file delivered, inbox empty)", finished, 60)
     out(f"{s.elapsed():6.1f} s  every output is there and the inbox is empty")
+    live = live_metrics(s, s.nodes[new.node], out)
 
     # stop the slaves first (they are dormant), then the master: nobody takes over any more
     survivors = sorted((n for n in s.nodes.values() if n.alive()), key=lambda n: n.name == new.node)
@@ -399,6 +494,7 @@ def run_demo(demo: Demo, out: Callable[[str], None]) -> list[str]:
     out(f"{s.elapsed():6.1f} s  stopped {' and '.join(statuses)} with SIGTERM")
 
     problems, f = check(s)
+    new_report = s.nodes[new.node].report
     ended = {n.name: n.popen.returncode for n in s.nodes.values() if n.name not in statuses}
     stepped_down = [name for name, code in ended.items() if code == EXIT_DEMOTED]
     if status != -signal.SIGKILL:
@@ -439,12 +535,74 @@ def run_demo(demo: Demo, out: Callable[[str], None]) -> list[str]:
         else:
             how = "never finished?"
         out(f"in flight at the kill: {message} -> {how}; published once in all")
+    if live is not None:
+        out("")
+        out(
+            f"live, from a real scrape of {new.node}'s {live['url']} before the stop: "
+            f"twinweave_cluster_is_master {live.get('is_master', 0):.0f}, "
+            f"epoch {live.get('epoch', 0):.0f}, takeovers {live.get('takeovers_total', 0):.0f}, "
+            f"replicated writes {live.get('replicated_writes_total', 0):.0f}"
+        )
+        out(f"  workflow {WORKFLOW}: {live.get('count', 0)} calls, {live_p99(live, new_report)}")
     for name in sorted(statuses, key=lambda n: n != new.node):
         table = timing_table(s.nodes[name].report, s.env, s.python)
         if table:
             out(f"\ntiming on {name} (its --report, written at its clean exit):")
             out(table)
+    kept = keep_timeline(s, s.nodes[new.node])
+    if kept is not None:
+        out(f"\ntimeline of {new.node} (Chrome trace events): {kept}")
+        out("  open it in https://ui.perfetto.dev (Open trace file) or chrome://tracing")
     return problems
+
+
+def live_metrics(demo: Demo, node: Node, out: Callable[[str], None]) -> dict[str, Any] | None:
+    """The new master's metrics, from a real scrape, or None (said why) when there are none."""
+    if node.metrics_port is None:
+        return None
+    if not has_prometheus_client(demo.python):
+        out(
+            "          (no live metrics: the prometheus extra is not installed; "
+            'pip install -e ".[prometheus]" to see them)'
+        )
+        return None
+
+    def scraped() -> dict[str, Any] | None:
+        try:
+            found = scrape(node.metrics_port)  # type: ignore[arg-type]
+        except OSError:
+            return None
+        return found if found.get("count") else None  # the drain delivers every 0.5 s
+
+    return demo.wait(f"a scrape of {node.name}'s /metrics", scraped, 10, every=0.1)
+
+
+def live_p99(live: dict[str, Any], report: Path) -> str:
+    """The scrape's p99 (as PromQL's histogram_quantile estimates it) beside the exact one."""
+    p99 = histogram_quantile(0.99, live["buckets"])
+    if p99 is None:
+        return "no p99 yet"
+    finite = sorted(bound for bound, _ in live["buckets"] if bound != float("inf"))
+    upper = next((bound for bound in finite if bound >= p99), None)
+    lower = max((bound for bound in finite if bound < p99), default=0.0)
+    text = f"p99 ~{p99 * 1000:.2f} ms by histogram_quantile"
+    if upper is not None:
+        text += f" (bucket {lower * 1000:g}-{upper * 1000:g} ms)"
+    try:
+        report_data = json.loads(report.read_text(encoding="utf-8"))
+        exact = next(c for c in report_data["components"] if c["name"] == WORKFLOW)["p99_ns"]
+    except (OSError, ValueError, StopIteration, KeyError):
+        return text
+    return text + f"; the timing report's p99 at exit: {exact / 1e6:.2f} ms"
+
+
+def keep_timeline(demo: Demo, node: Node) -> Path | None:
+    """Copy the node's timeline (written at its clean exit) out of the run's folder."""
+    if node.timeline is None or not node.timeline.exists():
+        return None
+    kept = Path(tempfile.gettempdir()) / f"twinweave-timeline-{demo.cluster}-{node.name}.json"
+    shutil.copyfile(node.timeline, kept)
+    return kept
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ that it leaves no process and no folder behind, also when interrupted with Ctrl-
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -75,6 +76,25 @@ def test_the_demo_delivers_every_file_exactly_once_and_exits_0(tmp_path: Path) -
     assert f"timing on {new.group(1)} (its --report" in out, out
     assert "fs_adapter.StandardWorkflow.on_message [workflow]" in out, out
     assert out.rstrip().splitlines()[-1].startswith("OK: every file delivered exactly once")
+    live = re.search(
+        rf"live, from a real scrape of {new.group(1)}'s http://127\.0\.0\.1:\d+/metrics before "
+        rf"the stop: twinweave_cluster_is_master 1, epoch {new.group(2)}, takeovers 1, "
+        r"replicated writes (\d+)",
+        out,
+    )
+    assert live and int(live.group(1)) > 0, out
+    calls = re.search(
+        r"workflow fs_adapter\.StandardWorkflow\.on_message: (\d+) calls, p99 ~\d+\.\d\d ms by "
+        r"histogram_quantile .*; the timing report's p99 at exit: \d+\.\d\d ms",
+        out,
+    )
+    assert calls and 0 < int(calls.group(1)) <= 300, out
+    timeline = re.search(rf"timeline of {new.group(1)} \(Chrome trace events\): (\S+)", out)
+    assert timeline, out
+    kept = Path(timeline.group(1))
+    assert kept.parent == tmp_path  # in the temporary folder, outside the run's own
+    events = json.loads(kept.read_text())["traceEvents"]
+    assert any(e.get("name") == "fs_adapter.StandardWorkflow.on_message" for e in events)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("twinweave-demo-")]
     assert processes_mentioning(str(tmp_path)) == []
 
