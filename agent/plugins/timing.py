@@ -44,6 +44,7 @@ Options (attributes of ``<plugin name="timing" .../>``):
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import logging
 import os
@@ -51,11 +52,11 @@ import platform
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from agent.events import JoinPoint
+from agent.files import write_atomic
 from agent.periodic import Periodic, parse_interval
 from agent.plugins import AgentContext, Plugin, PluginError
 from agent.report import format_table
@@ -237,25 +238,11 @@ class Components:
 
 
 def write_report(report: dict[str, Any], path: str) -> None:
-    """Write ``report`` as JSON to ``path`` atomically: a temporary file, then ``os.replace``.
+    """Write ``report`` as indented JSON to ``path`` atomically (:func:`agent.files.write_atomic`).
 
     Readers see the old file or the new one, never half of one. Raises ``OSError``.
     """
-    folder, base = os.path.split(os.path.abspath(path))
-    temporary = os.path.join(folder, f".{base}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(temporary, "x", encoding="utf-8") as stream:
-            json.dump(report, stream, indent=2)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, itertools.chain(json.JSONEncoder(indent=2).iterencode(report), "\n"))
 
 
 class TimingPlugin(Plugin):

@@ -84,12 +84,12 @@ import platform
 import sys
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
 from agent.events import JoinPoint, Step
+from agent.files import write_atomic
 from agent.periodic import Periodic, parse_interval
 from agent.plugins import AgentContext, Plugin, PluginError
 
@@ -358,28 +358,3 @@ def _limit(text: Any) -> int:
             f'(for example limit="{DEFAULT_LIMIT}")'
         )
     return limit
-
-
-def write_atomic(path: str, pieces: Iterable[str]) -> None:
-    """Write ``pieces`` to ``path`` atomically: a temporary file, then ``os.replace``.
-
-    Readers see the old file or the new one, never half of one. Streamed, unlike
-    :func:`agent.plugins.timing.write_report` (``json.dump`` of one object, with
-    indentation): a timeline is too big to hold twice or to encode in pure Python.
-    Raises ``OSError``.
-    """
-    folder, base = os.path.split(path)
-    temporary = os.path.join(folder, f".{base}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(temporary, "x", encoding="utf-8") as stream:
-            for piece in pieces:
-                stream.write(piece)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.hide import hiding
+
 pytest.importorskip("opentelemetry.sdk.trace")
 
 pytestmark = pytest.mark.slow
@@ -427,25 +429,8 @@ def test_an_exporter_that_is_not_installed_is_one_clear_error(project):
     assert "Traceback" not in result.stderr
 
 
-# A prelude that makes opentelemetry impossible to import, as in an environment without the
-# otel extra; the rest of the program runs as it would.
-HIDE_OTEL = """
-import sys
-
-class HideOpenTelemetry:
-    def find_spec(self, name, path=None, target=None):
-        if name == "opentelemetry" or name.startswith("opentelemetry."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-sys.meta_path.insert(0, HideOpenTelemetry())
-"""
-
-
 def test_without_the_extra_one_clear_message_and_the_program_runs(project):
-    site = project / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(HIDE_OTEL)
+    site = hiding("opentelemetry", project / "site")
     env = clean_env(APP_EXIT="3")
     env["PYTHONPATH"] = f"{site}{os.pathsep}{ROOT}"
     plain = subprocess.run(

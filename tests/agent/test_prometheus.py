@@ -35,6 +35,7 @@ from agent.plugins.prometheus import (
 from agent.stats import bucket_of
 
 pytest.importorskip("prometheus_client")  # the test extra installs it
+from tests.hide import hiding
 from tests.scrape import scrape, value
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -285,30 +286,12 @@ def test_an_unusable_endpoint_is_one_clear_error_and_the_program_runs(
     assert "app.Flow.on_message [flows]" in err  # the timing plugin still works
 
 
-BLOCK_PROMETHEUS = textwrap.dedent(
-    """
-    import sys
-
-    class _NoPrometheus:
-        def find_spec(self, name, path=None, target=None):
-            if name == "prometheus_client" or name.startswith("prometheus_client."):
-                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-            return None
-
-    sys.meta_path.insert(0, _NoPrometheus())
-    """
-)
-
-
 @pytest.mark.slow
 def test_without_the_extra_one_message_says_what_to_install(
     tmp_path: Path, programs: list[Program]
 ) -> None:
-    (tmp_path / "block").mkdir()
-    (tmp_path / "block" / "sitecustomize.py").write_text(BLOCK_PROMETHEUS)
-    program = Program(
-        tmp_path, env={"PYTHONPATH": os.pathsep.join([str(tmp_path / "block"), str(ROOT)])}
-    )
+    block = hiding("prometheus_client", tmp_path / "block")
+    program = Program(tmp_path, env={"PYTHONPATH": os.pathsep.join([str(block), str(ROOT)])})
     programs.append(program)
     program.wait_for(program.out, "STARTED")
     assert program.finish() == 0

@@ -321,11 +321,12 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     path = tmp_path / "stats.json"
     path.write_text('{"old": true}', encoding="utf-8")
 
-    def half_written(report: Any, stream: Any, **kwargs: Any) -> None:
-        stream.write('{"python": ')
-        raise OSError(28, "No space left on device")
+    class HalfWritten(json.JSONEncoder):
+        def iterencode(self, o: Any, _one_shot: bool = False) -> Any:
+            yield '{"python": '
+            raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(timing.json, "dump", half_written)
+    monkeypatch.setattr(timing.json, "JSONEncoder", HalfWritten)
     with pytest.raises(OSError, match="No space left"):
         write_report({"python": "3.11.7", "backend": "x", "components": []}, str(path))
     assert path.read_text(encoding="utf-8") == '{"old": true}'

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 
 from agent.events import JoinPoint, Step
+from agent.files import write_atomic
 from agent.plugins import AgentContext, PluginError, PluginSet, build_plugins, receivers
-from agent.plugins.trace import UNNAMED_TID, TracePlugin, write_atomic
+from agent.plugins.trace import UNNAMED_TID, TracePlugin
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 30

@@ -18,13 +18,11 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
-from fs_cluster import FsCluster, message_name
+from fs_cluster import message_name
 
-from tests.nodeproc import EXIT_DEMOTED, killing_all
+from tests.nodeproc import EXIT_DEMOTED
 
 pytestmark = [
     pytest.mark.slow,
@@ -33,15 +31,6 @@ pytestmark = [
         reason="compares time.monotonic() across processes (one clock system-wide on Linux)",
     ),
 ]
-
-
-@pytest.fixture
-def fs_cluster(tmp_path: Path) -> Iterator[Callable[..., FsCluster]]:
-    def make(*args: str) -> FsCluster:
-        return FsCluster(tmp_path, list(args))
-
-    with killing_all(make) as tracked:
-        yield tracked
 
 
 def in_workflow(event: str) -> bool:

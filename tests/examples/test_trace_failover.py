@@ -19,13 +19,10 @@ import signal
 import sys
 import textwrap
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from fs_cluster import POINTCUTS, FsCluster, message_name
-
-from tests.nodeproc import killing_all
+from fs_cluster import POINTCUTS, message_name
 
 pytest.importorskip("opentelemetry.sdk.trace")
 
@@ -110,15 +107,6 @@ def traced_pointcuts(folder: Path, spans: Path) -> Path:
 def read_spans(path: Path) -> list[dict]:
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-@pytest.fixture
-def fs_cluster(tmp_path: Path) -> Iterator[Callable[..., FsCluster]]:
-    def make(*args: str) -> FsCluster:
-        return FsCluster(tmp_path, list(args))
-
-    with killing_all(make) as tracked:
-        yield tracked
 
 
 def test_the_redelivery_span_links_to_the_span_of_the_killed_master(fs_cluster, tmp_path):
