@@ -12,7 +12,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 
@@ -41,7 +41,7 @@ def run_rows(
     description: str,
     names: Sequence[str],
     time_row: Callable[..., float],
-    inner_loops: int,
+    inner_loops: int | Mapping[str, int],
     descriptions: dict[str, str],
     quick_args: Sequence[str],
     argv: Sequence[str] | None,
@@ -49,6 +49,7 @@ def run_rows(
 ) -> tuple[dict[str, Any], Any] | None:
     """Parse the command line and time each row with ``time_row(loops, name)`` under pyperf.
 
+    ``inner_loops`` is the operations per loop iteration, of every row or by row name.
     Returns the benchmarks by row and pyperf's arguments in the process that reports, and
     None in a worker (or in a pyperf mode that measured nothing here, e.g. --compare-to).
     """
@@ -63,7 +64,7 @@ def run_rows(
             name,
             time_row,
             name,
-            inner_loops=inner_loops,
+            inner_loops=inner_loops if isinstance(inner_loops, int) else inner_loops[name],
             metadata={"description": descriptions[name]},
         )
         for name in names

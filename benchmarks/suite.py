@@ -17,7 +17,7 @@ status is 1. Nothing here measures anything itself: every figure comes from the 
 own output in this run.
 
 Modes: the default (pyperf's default statistics, 20 takeovers per series), ``--quick``
-(under 4 minutes on a 2-core machine) and ``--smoke`` (one value per pyperf row, one
+(about 5 minutes on a 2-core machine) and ``--smoke`` (one value per pyperf row, one
 takeover, no heartbeat CPU: the plumbing only, for the tests; its figures mean nothing).
 """
 
@@ -57,6 +57,10 @@ class Section:
     args: dict[str, tuple[str, ...]]
     convert: Callable[[dict[str, Any]], Converted]
     timeout_s: dict[str, float] = field(default_factory=dict)
+    """Seconds the section may take, by mode (a mode not listed: :data:`TIMEOUT_S`)."""
+
+    def timeout(self, mode: str) -> float:
+        return self.timeout_s.get(mode, TIMEOUT_S[mode])
 
     def command(self, mode: str, raw: Path) -> tuple[list[str], Path]:
         """The child's command line for ``mode``, and the file it leaves its figures in."""
@@ -159,6 +163,102 @@ def convert_generic(summary: dict[str, Any]) -> Converted:
     return converted
 
 
+def convert_live(summary: dict[str, Any]) -> Converted:
+    """live.py's ``--summary``: ns per call with each plugin against the bare call, ms per scrape.
+
+    A row with an ``added_ratio`` (``{"of", "value", "sem"}``) carries the ratio of its added
+    cost to another row's, the figure its claim rests on.
+    """
+    stats = summary["rows"]
+    added = summary.get("added_vs_bare", {})
+    ratios = summary.get("ratios", {})
+    claim = summary.get("claim", {})
+    facts = summary.get("facts", {})
+    against = {
+        "twinweave_prometheus": ratios.get("prometheus_vs_timing"),
+        "twinweave_otel": ratios.get("otel_vs_sdk_span"),
+    }
+    bare = _row("bare", stats["bare"]["mean_ns"], "ns", stats["bare"].get("description", ""))
+    bare["sem"] = stats["bare"]["sem_ns"]
+    rows: list[dict[str, Any]] = [bare]
+    for name, row_stats in stats.items():
+        if name == "bare":
+            continue
+        note = row_stats.get("description", "")
+        if row_stats.get("unit") == "ms":
+            rows.append(
+                _row(name, row_stats["mean_ns"] / 1e6, "ms", note, sem=row_stats["sem_ns"] / 1e6)
+            )
+            continue
+        row = _compared(_row(name, row_stats["mean_ns"], "ns", note, sem=row_stats["sem_ns"]), bare)
+        if name in added:
+            row.update(added=added[name]["ns"], added_sem=added[name]["sem_ns"])
+        ratio = against.get(name)
+        if ratio is not None:
+            row["added_ratio"] = {k: ratio[k] for k in ("of", "value", "sem")}
+            row["note"] += f"; {ratio['definition']} = {ratio['value']:.2f} +- {ratio['sem']:.2f}"
+        rows.append(row)
+    exported = "spans the exporter received per call, counted untimed"
+    counted = [
+        (f"{name} spans per call", facts.get(f"{name}_spans_per_call"), "count", exported)
+        for name in ("otel_sdk_span", "otel_sdk_span_attributes", "twinweave_otel")
+    ]
+    counted.append(
+        (
+            "twinweave_trace steps per call",
+            facts.get("trace_steps_per_call"),
+            "count",
+            "steps of f in the timeline file per call, counted untimed",
+        )
+    )
+    scrape = facts.get("prometheus_scrape_http")
+    if scrape is not None:
+        about_scrape = f"{scrape['components']} components, {scrape['calls']} calls counted"
+        counted.append(("prometheus scrape size", scrape["bytes"] / 1024, "KiB", about_scrape))
+    rows += [_row(*fact) for fact in counted if fact[1] is not None]
+    claims = []
+    prometheus = ratios.get("prometheus_vs_timing")
+    if prometheus is not None:
+        claims += [
+            {
+                "text": f"{prometheus['definition']} = {prometheus['value']:.2f} +- "
+                f"{prometheus['sem']:.2f}: per call, timing + prometheus costs what timing alone "
+                f"costs (difference {prometheus['difference_ns']:+.1f} ns +- "
+                f"{prometheus['difference_sem_ns']:.1f}, within "
+                f"{summary['settings']['same_cost_sems']:g} sem)",
+                "holds": bool(claim.get("prometheus_within_noise")),
+            },
+            {
+                "text": "with the prometheus plugin the join point keeps timing alone's probe "
+                f"(timing mode, timed in C: {facts.get('prometheus_probe', {}).get('in_c')})",
+                "holds": bool(claim.get("prometheus_same_probe")),
+            },
+        ]
+    otel = ratios.get("otel_vs_sdk_span")
+    if otel is not None:
+        claims.append(
+            {
+                "text": f"{otel['definition']} = {otel['value']:.2f} +- {otel['sem']:.2f} "
+                f"(<= {otel['limit']:g})",
+                "holds": bool(claim.get("otel_vs_sdk_span")),
+            }
+        )
+    claims.append(
+        {
+            "text": "every row did what it is timed for (one span exported per call, one step "
+            "in the timeline per call, every component and call in a scrape)",
+            "holds": bool(claim.get("rows_did_their_work")),
+        }
+    )
+    about = (
+        "pyperf mean per call (+- sem); ratio = row / bare; adds = row - bare; scrapes in ms "
+        f"per scrape of {summary['settings']['components']} components; OTel: "
+        f"{summary.get('span_processor', '?')}"
+    )
+    missing = list(summary.get("missing", []))
+    return {"rows": rows, "claims": claims, "missing": missing, "about": about}
+
+
 def convert_takeover(results: dict[str, Any]) -> Converted:
     """takeover.py's ``--json``: takeover after kill -9 and SIGTERM, heartbeat CPU."""
     rows, claims, missing = [], [], []
@@ -249,31 +349,38 @@ def convert_replication(results: dict[str, Any]) -> Converted:
     return {"rows": rows, "claims": claims, "missing": missing, "about": about}
 
 
-PYPERF_SMOKE = ("--debug-single-value",)
+PYPERF_ARGS = {"full": (), "quick": ("--quick",), "smoke": ("--debug-single-value",)}
+"""A pyperf script's options in each mode: pyperf's defaults, the script's ``--quick``, and
+pyperf's quickest mode (one worker, one value of one loop per row)."""
+
+
+def _pyperf_section(
+    name: str, title: str, convert: Callable[[dict[str, Any]], Converted], **timeout_s: float
+) -> Section:
+    """The section of the pyperf script ``NAME.py`` (``timeout_s``: seconds by mode)."""
+    return Section(
+        name,
+        title,
+        f"{name}.py",
+        pyperf=True,
+        args=PYPERF_ARGS,
+        convert=convert,
+        timeout_s=timeout_s,
+    )
+
+
 SECTIONS: tuple[Section, ...] = (
-    Section(
-        "overhead",
-        "per-call overhead against the alternatives",
-        "overhead.py",
-        pyperf=True,
-        args={"full": (), "quick": ("--quick",), "smoke": PYPERF_SMOKE},
-        convert=convert_overhead,
+    _pyperf_section("overhead", "per-call overhead against the alternatives", convert_overhead),
+    _pyperf_section(
+        "workload", "untargeted cost: a service loop with a few functions matched", convert_generic
     ),
-    Section(
-        "workload",
-        "untargeted cost: a service loop with a few functions matched",
-        "workload.py",
-        pyperf=True,
-        args={"full": (), "quick": ("--quick",), "smoke": PYPERF_SMOKE},
-        convert=convert_generic,
-    ),
-    Section(
-        "weaving",
-        "weaving cost: importing a large package",
-        "weaving.py",
-        pyperf=True,
-        args={"full": (), "quick": ("--quick",), "smoke": PYPERF_SMOKE},
-        convert=convert_generic,
+    _pyperf_section("weaving", "weaving cost: importing a large package", convert_generic),
+    _pyperf_section(
+        "live",
+        "live observability: plugins per call, Prometheus scrapes",
+        convert_live,
+        full=1800.0,
+        smoke=120.0,
     ),
     Section(
         "takeover",
@@ -365,7 +472,7 @@ def run_section(section: Section, mode: str, raw: Path, verbose: bool) -> dict[s
             start_new_session=True,
         )
         try:
-            code = child.wait(TIMEOUT_S[mode])
+            code = child.wait(section.timeout(mode))
         except subprocess.TimeoutExpired:
             code = None
         except BaseException:
@@ -376,7 +483,7 @@ def run_section(section: Section, mode: str, raw: Path, verbose: bool) -> dict[s
                 _stop(child)
     result["elapsed_s"] = round(time.monotonic() - began, 1)
     if code is None:
-        return dict(result, status="failed", error=f"timed out after {TIMEOUT_S[mode]:.0f} s")
+        return dict(result, status="failed", error=f"timed out after {section.timeout(mode):.0f} s")
     if code != 0:
         return dict(result, status="failed", error=f"exit status {code}; see {log_path}")
     try:
@@ -500,7 +607,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Run twinweave's benchmark suite on this Python: JSON, a table and a chart.",
     )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="fewer samples: under 4 minutes")
+    size.add_argument("--quick", action="store_true", help="fewer samples: about 5 minutes")
     size.add_argument(
         "--smoke", action="store_true", help="one sample per row: checks the plumbing only"
     )

@@ -17,7 +17,8 @@ from typing import Any
 from benchmarks.suite import ResultsError, load_results
 
 # (section, row, what to show, label); what: "added" (ns added to the bare call),
-# "value", "ratio" (x the row's baseline), "value+ratio"
+# "value", "ratio" (x the row's baseline), "ratio+p99", "added+vs" (ns added, and that
+# as a multiple of another row's added ns: the row's "added_ratio", named in ADDED_RATIO_OF)
 HEADLINES: tuple[tuple[str, str, str, str], ...] = (
     ("overhead", "twinweave_timing_hook", "added", "twinweave, timing plugin: ns added per call"),
     ("overhead", "closure_decorator", "added", "do-nothing closure decorator"),
@@ -45,6 +46,12 @@ HEADLINES: tuple[tuple[str, str, str, str], ...] = (
     ("weaving", "import_agent_everything", "ratio", "... agent on, everything woven"),
     ("weaving", "weave_per_function_cold", "value", "weaving one function, cold"),
     ("weaving", "weave_per_function_warm", "value", "weaving one function, warm"),
+    ("live", "twinweave_prometheus", "added+vs", "timing + prometheus plugin: ns added per call"),
+    ("live", "prometheus_scrape_collect", "value", "prometheus scrape, 100 components (ms)"),
+    ("live", "prometheus_scrape_http", "value", "... the same as an HTTP GET (urllib, loopback)"),
+    ("live", "twinweave_otel", "added+vs", "OpenTelemetry plugin: ns added per call"),
+    ("live", "otel_sdk_span", "added", "OTel SDK start_as_current_span: ns added per call"),
+    ("live", "twinweave_trace", "added", "trace plugin (timeline): ns added per call"),
     ("takeover", "takeover kill -9 median", "value", "takeover after `kill -9`, median"),
     ("takeover", "takeover kill -9 p99", "value", "takeover after `kill -9`, p99"),
     ("takeover", "takeover SIGTERM median", "value", "takeover after SIGTERM, median"),
@@ -85,6 +92,9 @@ HEADLINES: tuple[tuple[str, str, str, str], ...] = (
     ),
 )
 
+ADDED_RATIO_OF = {"twinweave_timing": "timing alone", "otel_sdk_span": "the SDK span"}
+"""How an "added+vs" cell names the row its ratio is to."""
+
 
 def _number(value: float) -> str:
     if abs(value) >= 100:
@@ -107,6 +117,10 @@ def cell(results: dict[str, Any], section: str, name: str, what: str) -> str:
         if name == "twinweave_unmatched":
             return f"{_number(row['added'])} ns (same code object)"
         return f"{_number(row['added'])}{unit}"
+    if what == "added+vs":
+        ratio = row["added_ratio"]
+        of = ADDED_RATIO_OF.get(ratio["of"], ratio["of"])
+        return f"{_number(row['added'])}{unit} ({ratio['value']:.2f}x ± {ratio['sem']:.2f} {of})"
     if what == "value":
         return f"{_number(row['value'])}{unit}"
     ratio = f"{row['ratio']:.2f}x" if row.get("ratio") is not None else "-"

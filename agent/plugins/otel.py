@@ -10,7 +10,7 @@ itself: the OpenTelemetry SDK and its exporters do that.
 Spans. Each woven step gets a span named ``TYPE NAME`` (``workflow
 fs_adapter.StandardWorkflow.on_message``), started and ended at the step's own
 times, with ``code.function``/``code.namespace`` (the dotted name split at its last
-dot), ``twinweave.aspect``, ``twinweave.step.type`` and, when the step has one,
+dot), ``twinweave.aspect`` and, when the step has one,
 ``messaging.message.id``. A failed step has status ERROR and ``error.type``, both
 the exception's type name. A workflow step that redelivers a message the previous
 master had in flight (``cluster.inflight()``) links to that master's span.
@@ -421,10 +421,11 @@ class OpenTelemetryPlugin(Plugin):
                     import cluster  # only now: the plugin runs outside failover mode too
 
                     self._cluster = cluster
+                # The step type is not repeated as an attribute: it begins the span's name,
+                # and the SDK charges a few microseconds for every attribute of every span.
                 attributes = {
                     **_code_attributes(joinpoint.name),
                     "twinweave.aspect": joinpoint.aspect,
-                    "twinweave.step.type": joinpoint.type,
                 }
                 shape = _Shape(
                     joinpoint,

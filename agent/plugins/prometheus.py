@@ -48,6 +48,7 @@ from __future__ import annotations
 import bisect
 import logging
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -125,17 +126,29 @@ def parse_port(text: str | int) -> int:
     return port
 
 
-def cumulative_buckets(counts: dict[int, float], count: int, bounds_ns: Sequence[int]) -> list[int]:
+def cumulative_buckets(
+    counts: dict[int, float],
+    count: int,
+    bounds_ns: Sequence[int],
+    slots: dict[int, int] | None = None,
+) -> list[int]:
     """Calls at or below each bound of ``bounds_ns``, from a fine histogram (``agent.stats``).
 
     The fine histogram may hold sampled weights (``agent.plugins.timing``) whose sum
     is close to, not exactly, ``count``: they are scaled so that the buckets end at
     the exact count; the result is non-decreasing and never above ``count``.
+    ``slots`` caches which bound each fine bucket falls under (pass the same dict for
+    the same bounds: a scrape then costs a dictionary look-up per fine bucket).
     """
     per_bound = [0.0] * (len(bounds_ns) + 1)
+    if slots is None:
+        slots = {}
     for bucket, weight in counts.items():
-        first, last = bucket_bounds(bucket)
-        per_bound[bisect.bisect_left(bounds_ns, (first + last) // 2)] += weight
+        slot = slots.get(bucket)
+        if slot is None:
+            first, last = bucket_bounds(bucket)
+            slot = slots[bucket] = bisect.bisect_left(bounds_ns, (first + last) // 2)
+        per_bound[slot] += weight
     total = sum(per_bound)
     if total <= 0:
         return [0] * len(bounds_ns)
@@ -156,6 +169,11 @@ class _Collector:
         self.core = client.metrics_core
         self.labels = [f"{bound:g}" for bound in plugin.buckets] + ["+Inf"]
         self.bounds_ns = [round(bound * 1e9) for bound in plugin.buckets]
+        self._slots: dict[int, int] = {}  # fine bucket -> index of its bound
+        # (aspect, name) -> (count, its buckets): a component without new calls since the
+        # last scrape is not mapped again (its count moves with every call it adds)
+        self._mapped: dict[tuple[str, str], tuple[int, list[tuple[str, int]]]] = {}
+        self._lock = threading.Lock()  # scrapes may come in parallel (a threading server)
 
     def describe(self) -> list[Any]:
         return []  # unchecked collector: metric names are fixed, and registering stays cheap
@@ -181,22 +199,36 @@ class _Collector:
             "Calls of each woven component that raised.",
             labels=COMPONENT_LABELS,
         )
-        components = self.plugin.components
-        with components.lock:  # a copy of each, so the mapping runs without the lock
-            rows = [
-                (s.aspect, s.type, s.name, s.count, s.failed, s.total_ns, dict(s.histogram.counts))
-                for s in components.stats()
-            ]
-        for aspect, type_, name, count, failed, total_ns, counts in rows:
+        for aspect, type_, name, failed, total_ns, buckets in self._components():
             labels = [aspect, type_, name]
-            cumulative = cumulative_buckets(counts, count, self.bounds_ns)
-            duration.add_metric(
-                labels, list(zip(self.labels, [*cumulative, count])), total_ns / 1e9
-            )
+            duration.add_metric(labels, buckets, total_ns / 1e9)
             failures.add_metric(labels, failed)
         yield duration
         yield failures
         yield from self._cluster()
+
+    def _components(self) -> list[tuple[str, str, str, int, int, list[tuple[str, int]]]]:
+        """Each component's labels, failures, total and ``le`` buckets (cached when unchanged)."""
+        components = self.plugin.components
+        with self._lock:
+            mapped = self._mapped
+            with components.lock:  # copies of what changed, so the mapping runs without it
+                rows = []
+                for s in components.stats():
+                    known = mapped.get((s.aspect, s.name))
+                    changed = known is None or known[0] != s.count
+                    counts = dict(s.histogram.counts) if changed else None
+                    rows.append((s.aspect, s.type, s.name, s.count, s.failed, s.total_ns, counts))
+            result = []
+            for aspect, type_, name, count, failed, total_ns, counts in rows:
+                if counts is None:
+                    buckets = mapped[(aspect, name)][1]
+                else:
+                    cumulative = cumulative_buckets(counts, count, self.bounds_ns, self._slots)
+                    buckets = list(zip(self.labels, [*cumulative, count]))
+                    mapped[(aspect, name)] = (count, buckets)
+                result.append((aspect, type_, name, failed, total_ns, buckets))
+            return result
 
     def _cluster(self) -> Iterator[Any]:
         node = _current_node()

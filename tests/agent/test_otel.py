@@ -256,7 +256,6 @@ def test_names_kinds_attributes_and_errors(project):
         "code.function": "on_message",
         "code.namespace": "app.Workflow",
         "twinweave.aspect": "workflow",
-        "twinweave.step.type": "workflow",
         "messaging.message.id": "m-1",
     }
     assert flow["status"] == "UNSET"
@@ -274,7 +273,6 @@ def test_names_kinds_attributes_and_errors(project):
         "code.function": "handle",
         "code.namespace": "app",
         "twinweave.aspect": "tasks",
-        "twinweave.step.type": "custom",
     }  # no message id, no messaging attribute
 
 
