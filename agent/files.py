@@ -8,6 +8,7 @@ in the files (the plugins do) nor when (``agent.periodic``).
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from collections.abc import Iterable
@@ -18,9 +19,13 @@ def write_atomic(path: str, pieces: Iterable[str]) -> None:
 
     Readers see the old file or the new one, never half of one; the pieces are
     streamed (a timeline is too big to build as one string). Raises ``OSError``
-    (and whatever ``pieces`` raises), leaving no temporary file behind.
+    (and whatever ``pieces`` raises), leaving no temporary file behind; a ``path``
+    that exists and is not a regular file (``/dev/null``, a folder) is refused.
     """
     folder, base = os.path.split(os.path.abspath(path))
+    if os.path.exists(path) and not os.path.isfile(path):
+        # renaming over /dev/null (or a folder, a FIFO) would replace it, not write to it
+        raise OSError(errno.EINVAL, "not a regular file, so it is left as it is", path)
     temporary = os.path.join(folder, f".{base}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(temporary, "x", encoding="utf-8") as stream:

@@ -413,3 +413,16 @@ def test_percentiles_stay_within_min_and_max() -> None:
     )
     report = stats.as_dict()
     assert report["p50_ns"] == report["p99_ns"] == report["min_ns"] == 90_400_000
+
+
+def test_a_report_path_that_is_not_a_regular_file_is_left_alone(tmp_path: Path) -> None:
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    fifo = tmp_path / "a-fifo"
+    os.mkfifo(fifo)
+    for target in (folder, fifo):
+        with pytest.raises(OSError, match="not a regular file"):
+            write_report({"python": "3.11.7", "backend": "x", "components": []}, str(target))
+    assert folder.is_dir() and not any(folder.iterdir())
+    assert fifo.is_fifo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-fifo", "a-folder"]
