@@ -207,6 +207,14 @@ CHANGED = [
         "(seen once in CI-like runs: 104504 not in range(104281, 104381))",
     ),
     Exclusion(
+        "test_descr",
+        r"test_descr\.ClassPropertiesAndMethods\.test_slots",
+        "counts len(gc.get_objects()) before and after ten comparisons and wants no change; "
+        "the agent's drain thread (agent.drain) wakes every 0.5 s and makes objects while it "
+        "folds durations, so a wake-up between the two counts changes them (seen on 3.13 "
+        "with the suite's two workers busy: 32406 != 32419)",
+    ),
+    Exclusion(
         "test_trace",
         r"test_trace\.TestCoverage\.test_coverage_ignore",
         "counts which files a line tracer saw while the test imports a module: the agent's "
