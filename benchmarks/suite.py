@@ -216,6 +216,17 @@ def convert_live(summary: dict[str, Any]) -> Converted:
         about_scrape = f"{scrape['components']} components, {scrape['calls']} calls counted"
         counted.append(("prometheus scrape size", scrape["bytes"] / 1024, "KiB", about_scrape))
     rows += [_row(*fact) for fact in counted if fact[1] is not None]
+    like = ratios.get("otel_vs_sdk_span_attributes")
+    if like is not None:
+        rows.append(
+            _row(
+                "twinweave_otel / otel_sdk_span_attributes",
+                like["value"],
+                "x",
+                f"{like['definition']}: the plugin against the same span made by hand",
+                sem=like["sem"],
+            )
+        )
     claims = []
     prometheus = ratios.get("prometheus_vs_timing")
     if prometheus is not None:

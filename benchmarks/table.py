@@ -51,6 +51,18 @@ HEADLINES: tuple[tuple[str, str, str, str], ...] = (
     ("live", "prometheus_scrape_http", "value", "... the same as an HTTP GET (urllib, loopback)"),
     ("live", "twinweave_otel", "added+vs", "OpenTelemetry plugin: ns added per call"),
     ("live", "otel_sdk_span", "added", "OTel SDK start_as_current_span: ns added per call"),
+    (
+        "live",
+        "otel_sdk_span_attributes",
+        "added",
+        "... the same with the plugin's 3 attributes (the span the plugin makes, by hand)",
+    ),
+    (
+        "live",
+        "twinweave_otel / otel_sdk_span_attributes",
+        "value",
+        "OpenTelemetry plugin / that hand-made span (added ns)",
+    ),
     ("live", "twinweave_trace", "added", "trace plugin (timeline): ns added per call"),
     ("takeover", "takeover kill -9 median", "value", "takeover after `kill -9`, median"),
     ("takeover", "takeover kill -9 p99", "value", "takeover after `kill -9`, p99"),
@@ -122,6 +134,8 @@ def cell(results: dict[str, Any], section: str, name: str, what: str) -> str:
         of = ADDED_RATIO_OF.get(ratio["of"], ratio["of"])
         return f"{_number(row['added'])}{unit} ({ratio['value']:.2f}x ± {ratio['sem']:.2f} {of})"
     if what == "value":
+        if row["unit"] == "x":
+            return f"{row['value']:.2f}x ± {row.get('sem') or 0:.2f}"
         return f"{_number(row['value'])}{unit}"
     ratio = f"{row['ratio']:.2f}x" if row.get("ratio") is not None else "-"
     if what == "ratio+p99":
