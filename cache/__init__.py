@@ -38,20 +38,28 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cache.replica import check_name
-from cache.replication import NotMasterError
+from cache.inflight import FAILOVER_CACHE
+from cache.replica import Replica, check_name
+from cache.replication import Hub, NotMasterError
 from cache.store import LocalStore, StoreError, check_key, decode_value, encode_value
 from cache.wire import Kind
 
-__all__ = ["FAILOVER_CACHE", "Cache", "NotMasterError", "StoreError", "get_cache"]
+__all__ = [
+    "FAILOVER_CACHE",
+    "Cache",
+    "NotMasterError",
+    "StoreError",
+    "attach",
+    "detach",
+    "get_cache",
+]
 
-FAILOVER_CACHE = "FAILOVER_CACHE"
-"""The cache where the ``failover`` plugin records the master's in-flight messages."""
 
 _MISSING = object()
 _lock = threading.Lock()
 _caches: dict[str, Cache] = {}
 _local_root: Path | None = None
+_attached: tuple[Replica, Hub] | None = None
 
 
 class Cache:
@@ -149,6 +157,27 @@ class Cache:
         return f"<cache.Cache {self.name!r} ({mode})>"
 
 
+def attach(replica: Replica, writer: Hub) -> None:
+    """Replicate from now on: caches live in ``replica`` and writes go through ``writer``.
+
+    The failover node calls this when it is installed (``cluster.install``); ``writer`` is
+    its hub, which asks the node whether it may write (only the master does). Caches opened
+    before are forgotten, so every later :func:`get_cache` is replicated.
+    """
+    global _attached
+    with _lock:
+        _attached = (replica, writer)
+        _caches.clear()
+
+
+def detach() -> None:
+    """Back to local caches (the node stopped)."""
+    global _attached
+    with _lock:
+        _attached = None
+        _caches.clear()
+
+
 def get_cache(name: str) -> Cache:
     """The store called ``name`` (created on first use), replicated under ``--failover``."""
     check_name(name)
@@ -156,12 +185,9 @@ def get_cache(name: str) -> Cache:
         found = _caches.get(name)
         if found is not None:
             return found
-        import cluster
-
-        node = cluster.current()
-        replication = getattr(node, "replication", None)
-        if replication is not None:
-            made = Cache(name, replication.replica.store(name), replication.hub)
+        if _attached is not None:
+            replica, writer = _attached
+            made = Cache(name, replica.store(name), writer)
         else:
             made = Cache(name, LocalStore(str(_local_directory() / name)))
         _caches[name] = made

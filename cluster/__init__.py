@@ -37,7 +37,13 @@ def current() -> Node | None:
 def install(node: Node | None) -> None:
     """Make ``node`` the one the module-level functions answer for (the bootstrap's job)."""
     global _node
+    import cache  # the one way the dependency runs: cluster -> cache
+
     _node = node
+    if node is not None and node.hub is not None:
+        cache.attach(node.replica, node.hub)
+    else:
+        cache.detach()
 
 
 def is_master() -> bool:
@@ -70,7 +76,7 @@ def node_id() -> str:
 
 def epoch() -> int:
     """The epoch this node is master of, or the last it followed (0 outside failover mode)."""
-    return 0 if _node is None else _node.machine.epoch
+    return 0 if _node is None else _node.epoch
 
 
 def inflight() -> list[dict]:

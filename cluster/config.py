@@ -166,6 +166,29 @@ def _int_field(key: str, name: str, low: int, high: int, unit: str = "") -> _Fie
     )
 
 
+def _parse_endpoints(text: str) -> tuple[str, ...]:
+    return tuple(part.strip().rstrip("/") for part in text.split(",") if part.strip())
+
+
+def _is_endpoint(value: object) -> bool:
+    """``http(s)://HOST:PORT``: what an etcd client URL looks like (no path, no query)."""
+    if not isinstance(value, str):
+        return False
+    match = re.fullmatch(r"(https?)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})", value)
+    return match is not None and 0 < int(match.group(3)) <= 65535
+
+
+def _path_field(key: str, name: str, what: str) -> _Field:
+    return _Field(
+        key,
+        name,
+        f"{what} (empty: none)",
+        _optional,
+        lambda v: v is None or (isinstance(v, str) and len(v) > 0),
+        expand=True,
+    )
+
+
 _FIELDS: tuple[_Field, ...] = (
     _Field(
         "failover.group",
@@ -210,6 +233,44 @@ _FIELDS: tuple[_Field, ...] = (
     ),
     _int_field("failover.stop-timeout", "stop_timeout_ms", 0, 3_600_000, " (milliseconds)"),
     _Field(
+        "failover.backend",
+        "backend",
+        "multicast or etcd",
+        str.lower,
+        lambda v: v in ("multicast", "etcd"),
+    ),
+    _Field(
+        "failover.etcd.endpoints",
+        "etcd_endpoints",
+        "a comma list of etcd client URLs such as http://10.0.0.1:2379,http://10.0.0.2:2379",
+        _parse_endpoints,
+        lambda v: isinstance(v, tuple) and all(_is_endpoint(e) for e in v),
+    ),
+    _Field(
+        "failover.etcd.prefix",
+        "etcd_prefix",
+        "a key prefix starting with / such as /twinweave",
+        str,
+        lambda v: isinstance(v, str) and v.startswith("/") and v.isprintable() and " " not in v,
+    ),
+    _Field(
+        "failover.etcd.username",
+        "etcd_username",
+        "an etcd user name (empty: no authentication)",
+        _optional,
+        lambda v: v is None or (isinstance(v, str) and v.isprintable()),
+    ),
+    _Field(
+        "failover.etcd.password",
+        "etcd_password",
+        "the etcd user's password",
+        _optional,
+        lambda v: v is None or isinstance(v, str),
+    ),
+    _path_field("failover.etcd.ca", "etcd_ca", "a CA certificate file (PEM) for https endpoints"),
+    _path_field("failover.etcd.cert", "etcd_cert", "a client certificate file (PEM)"),
+    _path_field("failover.etcd.key", "etcd_key", "the client certificate's key file (PEM)"),
+    _Field(
         "cache.directory",
         "cache_directory",
         "a directory path (empty: the default)",
@@ -226,6 +287,8 @@ _FIELDS: tuple[_Field, ...] = (
     ),
 )
 _BY_NAME = {f.name: f for f in _FIELDS}
+_HIDDEN = ("secret", "etcd_password")  # shown as *** in logs and errors
+_HIDDEN_KEYS = tuple(_BY_NAME[name].key for name in _HIDDEN)
 
 
 def _position_to_priority(text: str) -> int:
@@ -310,6 +373,14 @@ class Settings:
     stop_timeout_ms: int = 10000
     cache_directory: str | None = None
     replication: str = "sync"
+    backend: str = "multicast"
+    etcd_endpoints: tuple[str, ...] = ()
+    etcd_prefix: str = "/twinweave"
+    etcd_username: str | None = None
+    etcd_password: str | None = field(default=None, repr=False)
+    etcd_ca: str | None = None
+    etcd_cert: str | None = None
+    etcd_key: str | None = None
 
     def __post_init__(self) -> None:
         for spec in _FIELDS:
@@ -318,6 +389,17 @@ class Settings:
                 raise SettingsError(
                     f"{spec.key}={_shown(spec, value)}: expected {spec.expected}", spec.key
                 )
+        if self.backend == "etcd" and not self.etcd_endpoints:
+            raise SettingsError(
+                "failover.backend=etcd needs failover.etcd.endpoints (a comma list of etcd "
+                "client URLs such as http://10.0.0.1:2379)",
+                "failover.etcd.endpoints",
+            )
+        if (self.etcd_cert is None) != (self.etcd_key is None):
+            raise SettingsError(
+                "failover.etcd.cert and failover.etcd.key go together: give both or neither",
+                "failover.etcd.cert",
+            )
 
     @property
     def delay_s(self) -> float:
@@ -351,13 +433,13 @@ class Settings:
         shown: dict[str, Any] = {}
         for spec in _FIELDS:
             value = getattr(self, spec.name)
-            shown[spec.key] = "***" if spec.name == "secret" and value is not None else value
+            shown[spec.key] = "***" if spec.name in _HIDDEN and value is not None else value
         return shown
 
 
 def _shown(spec: _Field | _Alias, value: object) -> str:
     """A value as error messages show it: the secret never appears."""
-    return "***" if spec is _BY_NAME["secret"] else repr(value)
+    return "***" if spec.key in _HIDDEN_KEYS else repr(value)
 
 
 @dataclass(frozen=True)

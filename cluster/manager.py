@@ -1,62 +1,42 @@
-"""The failover manager: the thin loop that owns the sockets and the clock around the election.
+"""The failover node: one node's life in a process, whichever backend elects the master.
 
-Owns one node's life in a process: claiming its folder (``cluster.home``),
-opening the multicast transport, a thread that feeds heartbeats and time to
-:class:`cluster.election.Election` and performs the actions it returns
-(send, persist the epoch, promote, demote), the zeroconf announcement, and
-stopping: stop hooks with a deadline, then the adapter interrupted if it is
-still running, then the exit status (:data:`EXIT_DEMOTED` when the node
-stepped down, so a supervisor restarts it as a slave). It decides nothing about
-roles (that is the election's) and does not run the user's program (the
-bootstrap does, in the main thread, once :meth:`Node.wait_promoted` returns).
+Owns claiming the node's folder and epoch (``cluster.home``), the replicated cache's
+endpoints (the hub it serves as master, the follower it runs as slave, handed to the
+cache with ``cache.attach``), what a promotion takes over (the predecessor's in-flight
+messages), and stopping: stop hooks with a deadline, then the adapter interrupted if it is
+still running, then the exit status (:data:`EXIT_DEMOTED` when the node stepped down, so a
+supervisor restarts it as a slave). Who is master is the backend's (``cluster.backend``:
+``cluster.multicast`` or ``cluster.etcd``), which reports to the node as its listener; the
+node does not run the user's program (the bootstrap does, in the main thread, once
+:meth:`Node.wait_promoted` returns).
 
-The loop looks at the clock before it reads the packets that waited in the
-socket, so a master whose process was paused (SIGSTOP, a VM freeze) finds its
-lease gone and steps down before it handles anything; any thread asking
-:meth:`Node.is_master` meanwhile already gets "no".
-
-Log lines are the ones Interlok users know (``Creating listener...``,
-``Started broadcaster``, ``Failover Manager has started``, ``Promoted to Master
-node``, ``Failover Manager has been promoted``), at INFO on the ``cluster``
-logger.
+Log lines are the ones Interlok users know (``Creating listener...``, ``Started
+broadcaster``, ``Failover Manager has started``, ``Promoted to Master node``, ``Failover
+Manager has been promoted``), at INFO on the ``cluster`` logger.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import selectors
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from cache import inflight
 from cache.replica import Replica
 from cache.replication import Follower, Hub, SlaveLag
+from cluster.backend import make_backend
 from cluster.config import Settings
-from cluster.election import (
-    Action,
-    Demote,
-    Election,
-    Follow,
-    MasterLost,
-    PersistEpoch,
-    Promote,
-    Send,
-    State,
-    Timing,
-)
+from cluster.election import State
 from cluster.home import NodeHome
-from cluster.protocol import Codec, Heartbeat, Role
-from cluster.transport import open_transport
 
 log = logging.getLogger("cluster")
 
 EXIT_DEMOTED = 75  # EX_TEMPFAIL: "try again"; a supervisor restarts the node as a slave
 EXIT_FAILED = 1
-LEAVING_COPIES = 3  # a goodbye is sent this many times: losing it costs a whole window
 FORCE_GRACE_S = 2.0  # after the stop deadline, how long the adapter gets once interrupted
 
 
@@ -98,42 +78,25 @@ class Node:
         self.node_id = self.home.node_id
         try:
             epoch = self.home.load_epoch()
-        except Exception:
-            self.home.release()
-            raise
-        try:
             self.replica = Replica(self.home.path)
         except Exception:
             self.home.release()
             raise
-        self.incarnation = time.time_ns()
+        try:
+            self.backend = make_backend(settings, self.node_id, epoch, self._environ)
+        except Exception:
+            self.replica.close()
+            self.home.release()
+            raise
         self.host = settings.interface_address()
         self.port = 0  # the replication endpoint, once the cache listens
-        self.codec = Codec(settings.cluster, settings.secret)
-        self.machine = Election(
-            self.node_id,
-            settings.priority,
-            Timing(settings.delay_s, settings.retries),
-            epoch=epoch,
-            incarnation=self.incarnation,
-        )
-        self.machine.data_position = self.replica.position
-        self.transport = None
-        self.announcer = None
+        self.backend.set_position(self.replica.position)
         self.hub: Hub | None = None
         self.follower: Follower | None = None
         #: what the previous master was processing when this node was promoted
         self.inflight: list[dict] = []
-        self._seq = 0
-        self._selector: selectors.BaseSelector | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._calls: list[Callable[[], None]] = []
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
         self._closed = False
-        self._started = threading.Event()
         self.promoted = threading.Event()
         #: set once the node starts to stop: the adapter should wind down
         self.stopping = threading.Event()
@@ -151,34 +114,13 @@ class Node:
     # -- life ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        s = self.settings
-        log.info(
-            "Node %s of cluster %s: group %s:%d via %s, delay %d ms, retries %d, priority %d%s",
-            self.node_id,
-            s.cluster,
-            s.group,
-            s.port,
-            self.host,
-            s.delay_ms,
-            s.retries,
-            s.priority,
-            ", authenticated" if s.secret else "",
-        )
-        log.info("Creating listener...")
-        log.info("Creating broadcaster...")
         try:
-            self.transport = open_transport(s.group, s.port, self.host, s.ttl, self._environ)
+            self._start_replication()
+            self.backend.host, self.backend.port = self.host, self.port
+            self.backend.start(self)
         except Exception:
-            self.home.release()
+            self.close()
             raise
-        self._start_replication()
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self.transport.fileno(), selectors.EVENT_READ)
-        self._selector.register(self._wake_r.fileno(), selectors.EVENT_READ)
-        self._start_announcer()
-        self._thread = threading.Thread(target=self._run, name="twinweave-failover", daemon=True)
-        self._thread.start()
-        self._started.wait(5.0)
         log.info("Failover Manager has started")
 
     def wait_promoted(self) -> bool:
@@ -191,7 +133,12 @@ class Node:
 
     def is_master(self) -> bool:
         """May this node act as master now? Any thread may ask; False once stopping."""
-        return not self.stopping.is_set() and self.machine.is_master(time.monotonic())
+        return not self.stopping.is_set() and self.backend.is_master(time.monotonic())
+
+    @property
+    def epoch(self) -> int:
+        """The epoch this node is master of, or the last one it followed."""
+        return self.backend.epoch
 
     def on_stop(self, hook: Callable[[], object]) -> None:
         """Run ``hook`` when the node stops or steps down (within ``failover.stop-timeout``)."""
@@ -212,7 +159,7 @@ class Node:
         log.info("Stopping node %s: %s", self.node_id, reason)
         if not self._adapter_running and not self.promoted.is_set():
             # a slave: leave the election now, so that it is never promoted while stopping
-            self._post(self._say_goodbye)
+            self.backend.resign(wait=False)
         threading.Thread(target=self._stop_sequence, name="twinweave-stop", daemon=True).start()
         return True
 
@@ -227,10 +174,10 @@ class Node:
             self.request_stop("the adapter ended", status)
         self._stopped.wait(self.settings.stop_timeout_ms / 1000 + FORCE_GRACE_S)
         if self._resign and not self.demoted:
-            if self.hub is not None and self.machine.state is State.MASTER:
+            if self.hub is not None and self.backend.state is State.MASTER:
                 # what asynchronous writes queued reaches the slaves before they take over
                 self.hub.drain(min(2.0, max(0.2, 2 * self.settings.delay_s)))
-            self._call(self._say_goodbye)
+            self.backend.resign(wait=True)
         self.close()
         if self.demoted:
             return EXIT_DEMOTED
@@ -240,42 +187,30 @@ class Node:
         if self._closed:
             return
         self._closed = True
-        self._wake()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(2.0)
+        self.backend.close()
         if self.follower is not None:
             self.follower.stop()
         if self.hub is not None:
             self.hub.close()
         self.replica.close()
-        if self.announcer is not None:
-            try:
-                self.announcer.close(0.5)  # goodbyes finish in the background
-            except Exception:  # best effort at exit
-                log.debug("closing the zeroconf announcer failed", exc_info=True)
-        if self.transport is not None:
-            self.transport.close()
-        if self._selector is not None:
-            self._selector.close()
-        self._wake_r.close()
-        self._wake_w.close()
         self.home.release()
 
     def status(self) -> dict:
-        m = self.machine
+        b = self.backend
         return {
             "node": self.node_id,
-            "state": m.state.value,
-            "epoch": m.epoch,
-            "known_epoch": m.known_epoch,
-            "master": m.master,
-            "peers": sorted(m.peers),
-            "dropped": dict(self.codec.dropped),
+            "backend": b.name,
+            "state": b.state.value,
+            "epoch": b.epoch,
+            "known_epoch": b.known_epoch,
+            "master": b.master,
+            "peers": sorted(p.node_id for p in b.peers()),
+            "dropped": b.dropped(),
         }
 
     def metrics(self) -> NodeMetrics:
         """What this node counts, for a metrics endpoint; any thread, no waiting."""
-        m = self.machine
+        b = self.backend
         refused: dict[str, int] = {}
         for counter in (
             self.hub.refused if self.hub else {},
@@ -283,189 +218,67 @@ class Node:
         ):
             for reason, count in counter.items():
                 refused[reason] = refused.get(reason, 0) + count
+        state = b.state
         return NodeMetrics(
             cluster=self.settings.cluster,
             node=self.node_id,
-            state=m.state.value,
+            state=state.value,
             is_master=self.is_master(),
-            epoch=m.epoch,
-            known_epoch=m.known_epoch,
+            epoch=b.epoch,
+            known_epoch=b.known_epoch,
             takeovers=self.takeovers,
-            dropped=dict(self.codec.dropped),
+            dropped=b.dropped(),
             replicated_writes=self.hub.writes if self.hub else 0,
             replication_refused=refused,
             position=self.replica.position[1],
-            slaves=self.hub.slave_lag() if self.hub and m.state is State.MASTER else [],
+            slaves=self.hub.slave_lag() if self.hub and state is State.MASTER else [],
         )
 
-    # -- the loop --------------------------------------------------------------------------
+    # -- what the backend tells (cluster.backend.Listener), in the backend's thread -------
 
-    def _run(self) -> None:
+    def persist_epoch(self, epoch: int) -> bool:
         try:
-            log.info("Started listener")
-            self._apply(self.machine.start(time.monotonic()))
-            log.info("Started broadcaster")
-            self._started.set()
-            while not self._closed:
-                self._step()
-        except Exception:  # the node must not keep a master without its loop
-            log.critical("the failover loop failed; stopping this node", exc_info=True)
-            self._started.set()
-            self.request_stop("the failover loop failed", EXIT_FAILED, resign=False)
-            self.demoted = self.machine.state is State.MASTER or self.demoted
-
-    def _step(self) -> None:
-        assert self._selector is not None and self.transport is not None
-        timeout = self.machine.deadline - time.monotonic()
-        if timeout > 0:
-            self._selector.select(min(timeout, 1.0))
-        # the clock first: a paused master must see its lease gone before any packet
-        now = time.monotonic()
-        if now >= self.machine.deadline:
-            self._apply(self.machine.tick(now))
-        for data in self.transport.receive():
-            hb = self.codec.decode(data)
-            if hb is not None:
-                self._apply(self.machine.receive(hb, time.monotonic()))
-        if self.machine.id_conflicts:
+            self.home.save_epoch(epoch)
+        except OSError as exc:
             log.error(
-                "another running node uses the id %s; give each node its own "
-                "failover.node-id or cache.directory",
-                self.node_id,
+                "cannot persist epoch %d in %s (%s): not taking over", epoch, self.home.path, exc
             )
-            self.machine.id_conflicts = 0
-        self._drain_wake()
-        with self._lock:
-            calls, self._calls = self._calls, []
-        for call in calls:
-            call()
+            self.request_stop("the epoch could not be persisted", EXIT_FAILED, False)
+            return False
+        return True
 
-    def _apply(self, actions: list[Action]) -> None:
-        promotion = self._perform(actions)
-        if promotion is not None:
-            # after the first master heartbeat went out, so the other candidates hear it
-            # while this node stops its follower and takes over
-            self._take_over(promotion.epoch)
-            self._announce("master", promotion.epoch)
-            self.promoted.set()
+    def on_promoted(self, epoch: int, reason: str) -> None:
+        self.promoted_at = time.monotonic()
+        self.takeovers += 1
+        log.info("Promoted to Master node (epoch %d, %s)", epoch, reason)
+        log.info("Failover Manager has been promoted")
+        self._take_over(epoch)
+        self.promoted.set()
 
-    def _perform(self, actions: list[Action]) -> Promote | None:
-        """Carry out the actions in order; the promotion among them, if any, is returned."""
-        promotion: Promote | None = None
-        for action in actions:
-            if isinstance(action, Send):
-                self._send(action.role, action.epoch)
-            elif isinstance(action, PersistEpoch):
-                try:
-                    self.home.save_epoch(action.epoch)
-                except OSError as exc:
-                    log.error(
-                        "cannot persist epoch %d in %s (%s): not taking over",
-                        action.epoch,
-                        self.home.path,
-                        exc,
-                    )
-                    for goodbye in self.machine.stop(time.monotonic()):
-                        self._send(goodbye.role, goodbye.epoch)
-                    self.request_stop("the epoch could not be persisted", EXIT_FAILED, False)
-                    return None
-            elif isinstance(action, Promote):
-                self.promoted_at = time.monotonic()
-                self.takeovers += 1
-                log.info("Promoted to Master node (epoch %d, %s)", action.epoch, action.reason)
-                log.info("Failover Manager has been promoted")
-                promotion = action
-            elif isinstance(action, Demote):
-                log.warning("Demoted: %s", action.reason)
-                self.demoted = True
-                if self.hub is not None:
-                    self.hub.resign("the master stepped down")
-                self.request_stop(f"demoted: {action.reason}", EXIT_DEMOTED, resign=False)
-            elif isinstance(action, Follow):
-                log.info("Following master %s (epoch %d)", action.master, action.epoch)
-                self._announce("slave", action.epoch)
-                peer = self.machine.peers.get(action.master)
-                if self.follower is not None and peer is not None and peer.port:
-                    self.follower.follow(peer.host, peer.port, action.epoch)
-            elif isinstance(action, MasterLost):
-                if self.follower is not None:
-                    self.follower.detach()
-                if action.master is None:
-                    log.info("No master: %s; standing for election", action.reason)
-                else:
-                    log.warning(
-                        "Master %s lost: %s; standing for election", action.master, action.reason
-                    )
-        return promotion
+    def on_following(self, master: str, epoch: int, endpoint: tuple[str, int] | None) -> None:
+        log.info("Following master %s (epoch %d)", master, epoch)
+        if self.follower is not None and endpoint is not None:
+            self.follower.follow(endpoint[0], endpoint[1], epoch)
 
-    def _send(self, role: Role, epoch: int) -> None:
-        if self.transport is None:
-            return
-        self._seq += 1
-        data_epoch, data_seq = self.machine.data_position
-        hb = Heartbeat(
-            cluster=self.settings.cluster,
-            node_id=self.node_id,
-            role=role,
-            epoch=epoch,
-            priority=self.settings.priority,
-            incarnation=self.incarnation,
-            seq=self._seq,
-            sent_ms=time.time_ns() // 1_000_000,
-            host=self.host,
-            port=self.port,
-            data_epoch=data_epoch,
-            data_seq=data_seq,
-        )
-        self.transport.send(self.codec.encode(hb))
-
-    def _say_goodbye(self) -> None:
-        was_master = self.machine.state is State.MASTER
-        for action in self.machine.stop(time.monotonic()):
-            if isinstance(action, Send):
-                for _ in range(LEAVING_COPIES):
-                    self._send(action.role, action.epoch)
-        if was_master:
-            log.info("Resigned as master (epoch %d)", self.machine.epoch)
-
-    def _post(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` in the loop thread soon, without waiting (at once from the loop thread
-        itself, or when the loop is gone)."""
-        thread = self._thread
-        if self._closed or thread is None or not thread.is_alive():
-            fn()
-        elif thread is threading.current_thread():
-            fn()
+    def on_master_lost(self, master: str | None, reason: str) -> None:
+        if self.follower is not None:
+            self.follower.detach()
+        if master is None:
+            log.info("No master: %s; standing for election", reason)
         else:
-            with self._lock:
-                self._calls.append(fn)
-            self._wake()
+            log.warning("Master %s lost: %s; standing for election", master, reason)
 
-    def _call(self, fn: Callable[[], None], timeout: float = 2.0) -> None:
-        """Run ``fn`` in the loop thread and wait for it (at most ``timeout``)."""
-        done = threading.Event()
+    def on_demoted(self, reason: str) -> None:
+        log.warning("Demoted: %s", reason)
+        self.demoted = True
+        if self.hub is not None:
+            self.hub.resign("the master stepped down")
+        self.request_stop(f"demoted: {reason}", EXIT_DEMOTED, resign=False)
 
-        def run() -> None:
-            try:
-                fn()
-            finally:
-                done.set()
-
-        self._post(run)
-        done.wait(timeout)
-
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass
-
-    def _drain_wake(self) -> None:
-        try:
-            while self._wake_r.recv(512):
-                pass
-        except OSError:
-            pass
+    def on_failed(self, reason: str) -> None:
+        was_master = self.backend.state is State.MASTER
+        self.request_stop(reason, EXIT_FAILED, resign=False)
+        self.demoted = was_master or self.demoted
 
     # -- stopping --------------------------------------------------------------------------
 
@@ -501,11 +314,6 @@ class Node:
 
     # -- replication -----------------------------------------------------------------------
 
-    @property
-    def replication(self) -> Node:
-        """What ``cache.get_cache`` needs: ``.replica`` and ``.hub`` (this node)."""
-        return self
-
     def _start_replication(self) -> None:
         s = self.settings
         self.hub = Hub(
@@ -524,53 +332,28 @@ class Node:
             s.cluster,
             self.node_id,
             s.secret,
-            known_epoch=lambda: self.machine.known_epoch,
+            known_epoch=lambda: self.backend.known_epoch,
             on_position=self._on_position,
         )
 
     def _on_position(self, position: tuple[int, int], in_sync: bool) -> None:
         # a slave the master dropped ranks last until it has caught up again
-        self.machine.data_position = position if in_sync else (0, 0)
+        self.backend.set_position(position if in_sync else (0, 0))
 
     def _take_over(self, epoch: int) -> None:
         """Promotion: stop applying the old stream, serve the new one, note what was in flight."""
         if self.follower is not None:
             self.follower.stop()
-        self.machine.data_position = self.replica.position
+        self.backend.set_position(self.replica.position)
         if self.hub is not None:
             self.hub.serve(epoch)
-        from cache import FAILOVER_CACHE
-        from cache.store import decode_value
-
         try:
-            store = self.replica.store(FAILOVER_CACHE)
-            self.inflight = [decode_value(value) for _, value, _ in store.items_encoded()]
+            self.inflight = inflight.read(self.replica)
         except Exception:
             log.exception("cannot read what the previous master had in flight")
             self.inflight = []
         if self.inflight:
             log.info("the previous master had %d messages in flight", len(self.inflight))
-
-    # -- zeroconf --------------------------------------------------------------------------
-
-    def _start_announcer(self) -> None:
-        try:
-            from cluster.discovery import Announcer
-
-            self.announcer = Announcer(
-                self.settings, self.node_id, self.host, self.port, self.settings.priority
-            )
-            self.announcer.start()
-        except Exception as exc:  # announcing is best effort
-            log.warning("zeroconf announcement disabled: %s", exc)
-            self.announcer = None
-
-    def _announce(self, role: str, epoch: int) -> None:
-        if self.announcer is not None:
-            try:
-                self.announcer.update(role, epoch)
-            except Exception:  # best effort
-                log.debug("zeroconf update failed", exc_info=True)
 
 
 def _run_hook(hook: Callable[[], object]) -> None:

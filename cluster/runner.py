@@ -58,7 +58,6 @@ def run_node(
 ) -> int:
     """Be one node of the cluster; run ``program`` while master. Returns the exit status."""
     node = Node(settings, environ)
-    cluster.install(node)
     previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -68,11 +67,8 @@ def run_node(
         if not node.request_stop(f"{name} received", 0) and signum == signal.SIGINT:
             raise SystemExit(node.exit_status or 0)  # a second Ctrl-C: stop now
 
-    try:
-        node.start()
-    except BaseException:
-        cluster.install(None)
-        raise
+    node.start()
+    cluster.install(node)
     for sig in _STOP_SIGNALS:
         signal.signal(sig, on_signal)
     status = 0

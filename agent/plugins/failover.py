@@ -70,18 +70,20 @@ class FailoverPlugin(Plugin):
         store = self._store()
         if store is None:
             return
+        from cache import inflight
+
         jp = event.joinpoint
-        record = {
-            "message_id": str(event.message_id),
-            "aspect": jp.aspect,
-            "step": jp.name,
-            "start": event.start_ns / 1e9,
-            "node": cluster.node_id(),
-            "epoch": cluster.epoch(),
-        }
-        if sys.modules.get("opentelemetry") is not None:
-            record.update(_trace_context())
-        store.set(str(event.message_id), record)
+        trace = _trace_context() if sys.modules.get("opentelemetry") is not None else None
+        record = inflight.record(
+            event.message_id,
+            jp.aspect,
+            jp.name,
+            event.start_ns / 1e9,
+            cluster.node_id(),
+            cluster.epoch(),
+            trace,
+        )
+        store.set(record["message_id"], record)
 
     def on_step(self, step: Step) -> None:
         if step.message_id is None:

@@ -59,16 +59,16 @@ def test_first_node_promotes_the_next_follows_and_takes_over_on_resignation(make
     a = make_node("a")
     a.start()
     assert wait_for(a.promoted.is_set)
-    assert a.is_master() and a.machine.epoch == 1
+    assert a.is_master() and a.epoch == 1
     b = make_node("b")
     b.start()
-    assert wait_for(lambda: b.machine.master == "a")
+    assert wait_for(lambda: b.backend.master == "a")
     assert not b.is_master()
     assert a.request_stop("test")
     assert not a.is_master()  # stopping: no new work, even before resigning
     assert a.finish(0) == 0
     assert wait_for(b.promoted.is_set, 2.0)
-    assert b.machine.epoch == 2
+    assert b.epoch == 2
     assert (b.home.path / "epoch").read_text().strip() == "2"
     assert b.finish(0) == 0
 
@@ -78,13 +78,13 @@ def test_stop_hooks_run_before_the_goodbye(make_node):
     a.start()
     assert wait_for(a.promoted.is_set)
     seen = []
-    a.on_stop(lambda: seen.append(a.machine.state.value))
+    a.on_stop(lambda: seen.append(a.backend.state.value))
     a.on_stop(lambda: 1 / 0)  # a failing hook is logged; the others still run
     a.on_stop(lambda: seen.append("second"))
     a.request_stop("test")
     assert a.finish(0) == 0
     assert seen == ["master", "second"]
-    assert a.machine.state.value == "stopped"
+    assert a.backend.state.value == "stopped"
 
 
 def test_an_epoch_that_cannot_be_persisted_is_never_announced(make_node, monkeypatch):
@@ -132,9 +132,9 @@ def test_garbage_and_forgeries_are_counted_and_dropped(make_node):
             sender.sendto(forger.encode(forged), (a.settings.group, a.settings.port))
     finally:
         sender.close()
-    assert wait_for(lambda: sum(a.codec.dropped.values()) >= 200, 5.0)
-    assert a.codec.dropped["forged"] == 100
-    assert a.is_master() and a.machine.epoch == 1 and "usurper" not in a.machine.peers
+    assert wait_for(lambda: sum(a.backend.codec.dropped.values()) >= 200, 5.0)
+    assert a.backend.codec.dropped["forged"] == 100
+    assert a.is_master() and a.epoch == 1 and "usurper" not in a.backend.machine.peers
     a.request_stop("test")
     assert a.finish(0) == 0
 
