@@ -318,6 +318,7 @@ def _failover_settings(options: argparse.Namespace) -> object:
 
 def _run_failover(settings: object, run_program: Callable[[], None], verbose: bool) -> NoReturn:
     """One node of the cluster: dormant until promoted, then the program (cluster.runner)."""
+    from cluster.backend import BackendError
     from cluster.home import HomeError
     from cluster.runner import configure_logging as cluster_logging
     from cluster.runner import run_node
@@ -326,7 +327,7 @@ def _run_failover(settings: object, run_program: Callable[[], None], verbose: bo
     cluster_logging(verbose)
     try:
         status = run_node(settings, run_program)  # type: ignore[arg-type]
-    except (HomeError, TransportError) as exc:
+    except (BackendError, HomeError, TransportError) as exc:
         _fail(str(exc))
     sys.exit(status)
 

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from cluster import status
+from cluster.backend import BackendError
 from cluster.config import SettingsError, find_config, load_settings
 from cluster.transport import TransportError
 
@@ -86,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     wait_s = status.default_wait(settings) if args.wait is None else args.wait
     try:
         return status.report(settings, wait_s, args.json, sys.stdout, sys.stderr)
+    except BackendError as exc:
+        sys.stderr.write(f"twinweave: error: {exc}\n")
+        return EXIT_USAGE
     except TransportError as exc:
         # TransportError(errno, text) would print as "[Errno N] text"; the text says it all.
         sys.stderr.write(f"twinweave: error: {exc.strerror or exc}\n")

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from cluster.config import Settings
 
 
+class BackendError(RuntimeError):
+    """The backend cannot start as configured (the message says what was tried)."""
+
+
 class Listener(Protocol):
     """What a backend tells its node (called from the backend's thread)."""
 

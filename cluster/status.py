@@ -139,10 +139,11 @@ def summary(settings: Settings, nodes: list[NodeInfo]) -> str:
     else:
         listed = ", ".join(f"{m.node_id} (epoch {m.epoch})" for m in found)
         who = f"{len(found)} masters: {listed}"
-    return (
-        f"cluster {settings.cluster} on {settings.group}:{settings.port} via "
-        f"{settings.interface_address()}: {_plural(len(nodes), 'node')}, {who}"
-    )
+    if settings.backend == "etcd":
+        where = f"etcd {','.join(settings.etcd_endpoints)} under {settings.etcd_prefix}"
+    else:
+        where = f"{settings.group}:{settings.port} via {settings.interface_address()}"
+    return f"cluster {settings.cluster} on {where}: {_plural(len(nodes), 'node')}, {who}"
 
 
 def _age(seconds: float | None) -> str:
@@ -192,12 +193,50 @@ def _by_count(item: tuple[int, str]) -> tuple[int, str]:
     return (-item[0], item[1])
 
 
+def from_etcd(settings: Settings) -> list[NodeInfo]:
+    """The nodes as their etcd records show them (``failover.backend=etcd``): no waiting.
+
+    The master is the node the leader key names; a record that says master while another
+    holds the key (a master that has just stepped down) is shown as a slave.
+    """
+    from cluster.etcd import collect_nodes
+
+    records, leader = collect_nodes(settings)
+    leader_id = leader.get("node") if leader else None
+    nodes = []
+    for record in records:
+        node_id = str(record.get("node"))
+        try:
+            epoch, priority, port = (
+                int(record.get(name, 0) or 0) for name in ("epoch", "priority", "port")
+            )
+        except (TypeError, ValueError):
+            continue  # a record this version cannot read
+        nodes.append(
+            NodeInfo(
+                cluster=settings.cluster,
+                node_id=node_id,
+                role="master" if node_id == leader_id else "slave",
+                epoch=int(leader["create_revision"]) if node_id == leader_id else epoch,
+                priority=priority,
+                host=str(record.get("host", "")),
+                port=port,
+                last_heartbeat=None,
+                source="etcd",
+            )
+        )
+    return sorted(nodes, key=_order)
+
+
 def collect(settings: Settings, wait_s: float) -> tuple[list[NodeInfo], Counter[str]]:
     """Heartbeats and zeroconf announcements of the cluster, gathered together for ``wait_s``.
 
-    Raises :class:`cluster.transport.TransportError`, before browsing starts, when the
-    heartbeat group cannot be joined.
+    On the etcd backend, the node records in etcd instead (at once). Raises
+    :class:`cluster.transport.TransportError`, before browsing starts, when the heartbeat
+    group cannot be joined.
     """
+    if settings.backend == "etcd":
+        return from_etcd(settings), Counter()
     transport = open_transport(
         settings.group, settings.port, settings.interface_address(), settings.ttl
     )

@@ -144,6 +144,7 @@ class EtcdCluster:
 
 
 def start_cluster(folder: Path, size: int = 1) -> EtcdCluster:
+    folder.mkdir(parents=True, exist_ok=True)
     ports = free_ports(2 * size)
     cluster = EtcdCluster()
     for i in range(size):
