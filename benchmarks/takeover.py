@@ -70,6 +70,8 @@ KILL_LIMIT_S = 1.3  # the issue's p99 bound for kill -9 at delay 200 ms, retries
 KILL_SLACK_S = 0.5  # the same bound for other settings: nominal + this
 TERM_DELAYS = 3  # the issue's bound for SIGTERM, in delays
 CPU_TARGET_PERCENT = 1.0
+ETCD_KILL_LIMIT_S = 1.0  # the etcd issue's p99 bounds at delay 200 ms, retries 3
+ETCD_TERM_LIMIT_S = 0.3
 _PROMOTED = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*Promoted to Master node \(epoch (\d+)", re.M
 )
@@ -101,8 +103,16 @@ class BenchError(RuntimeError):
 class Cluster:
     """The nodes of one run: one cluster name, one port, one timeline; killed at the end."""
 
-    def __init__(self, work: Path, python: str, delay_ms: int | None, retries: int | None):
+    def __init__(
+        self,
+        work: Path,
+        python: str,
+        delay_ms: int | None,
+        retries: int | None,
+        backend: list[str] = (),  # type: ignore[assignment]
+    ):
         self.dir = Path(tempfile.mkdtemp(prefix="run-", dir=work))
+        self.backend = list(backend)
         self.python = python
         self.name = f"bench-{uuid.uuid4().hex[:12]}"
         self.port = random.randint(20000, 60000)
@@ -127,6 +137,7 @@ class Cluster:
             f"failover.cluster={self.name}",
             f"failover.node-id={node_id}",
             *self.timing,
+            *self.backend,
         ]
         command = [self.python, "-m", "agent.bootstrap", "--failover"]
         for setting in settings:
@@ -217,8 +228,10 @@ class Run:
     error: str | None = None
 
 
-def one_takeover(work: Path, python: str, delay_ms: int, retries: int, sig: int) -> Run:
-    cluster = Cluster(work, python, delay_ms, retries)
+def one_takeover(
+    work: Path, python: str, delay_ms: int, retries: int, sig: int, backend: list[str]
+) -> Run:
+    cluster = Cluster(work, python, delay_ms, retries, backend)
     run = Run()
     try:
         cluster.start("a")
@@ -264,6 +277,7 @@ class Series:
     bound_s: float
     bound_text: str
     runs: list[Run] = field(default_factory=list)
+    etcd: bool = False
 
     def figures(self) -> dict[str, Any]:
         times = [r.takeover_s for r in self.runs if r.takeover_s is not None]
@@ -275,7 +289,13 @@ class Series:
             for r in self.runs
             if r.takeover_s is not None and r.log_takeover_s is not None
         ]
-        wrong_epoch = sum(1 for r in self.runs if r.new and r.epochs[1] != r.epochs[0] + 1)
+        # multicast: the old epoch + 1; etcd: the leader key's revision, higher than the old
+        wrong_epoch = sum(
+            1
+            for r in self.runs
+            if r.new
+            and (r.epochs[1] <= r.epochs[0] if self.etcd else r.epochs[1] != r.epochs[0] + 1)
+        )
         # two nodes claimed, or a survivor exited (a demoted loser exits 75)
         troubled = sum(1 for r in self.runs if r.new and (r.promotions != 1 or r.exited))
         if not ranked:
@@ -300,7 +320,7 @@ class Series:
 
 def run_series(series: Series, args: argparse.Namespace, sig: int, work: Path) -> None:
     for index in range(args.runs):
-        run = one_takeover(work, args.python, args.delay, args.retries, sig)
+        run = one_takeover(work, args.python, args.delay, args.retries, sig, args.settings)
         series.runs.append(run)
         shown = f"{run.takeover_s * 1000:7.1f} ms" if run.takeover_s is not None else "FAILED"
         if run.new and (run.promotions != 1 or run.exited):
@@ -313,9 +333,12 @@ def run_series(series: Series, args: argparse.Namespace, sig: int, work: Path) -
 # -- heartbeat CPU --------------------------------------------------------------------------
 
 
-def heartbeat_cpu(work: Path, python: str, seconds: float) -> dict[str, Any]:
-    """CPU % of one core used by a master and a slave at the default delay and retries."""
-    cluster = Cluster(work, python, None, None)
+def heartbeat_cpu(
+    work: Path, python: str, seconds: float, backend: list[str], etcd: Any = None
+) -> dict[str, Any]:
+    """CPU % of one core used by a master and a slave at the default delay and retries;
+    on etcd also the requests the etcd members served for them, per node per second."""
+    cluster = Cluster(work, python, None, None, backend)
     try:
         cluster.start("m")
         cluster.start("s")
@@ -325,10 +348,12 @@ def heartbeat_cpu(work: Path, python: str, seconds: float) -> dict[str, Any]:
         time.sleep(1.0)  # past the promotion's double heartbeat and zeroconf's first announcements
         nodes = {"master": cluster.nodes[master], "slave": cluster.nodes[others[0]]}
         before = {role: node.cpu_seconds() for role, node in nodes.items()}
+        served = etcd.handled_requests() if etcd is not None else 0
         start = time.monotonic()
         time.sleep(seconds)
         after = {role: node.cpu_seconds() for role, node in nodes.items()}
         wall = time.monotonic() - start
+        served = etcd.handled_requests() - served if etcd is not None else None
         alive = all(node.popen.poll() is None for node in nodes.values())
         percent = {role: 100 * (after[role] - before[role]) / wall for role in nodes}
         return {
@@ -336,6 +361,8 @@ def heartbeat_cpu(work: Path, python: str, seconds: float) -> dict[str, Any]:
             "cpu_s": {role: after[role] - before[role] for role in nodes},
             "percent_of_one_core": percent,
             "both_alive": alive,
+            # the two nodes' requests (the metrics scrapes themselves are HTTP, not counted)
+            "etcd_requests_per_node_s": None if served is None else served / wall / 2,
             "target_percent": CPU_TARGET_PERCENT,
             "holds": alive and max(percent.values()) < CPU_TARGET_PERCENT,
         }
@@ -361,7 +388,8 @@ def _verdict(ok: bool) -> str:
 def report(results: dict[str, Any]) -> str:
     s = results["settings"]
     out = [
-        f"takeover on loopback, 3 nodes, delay {s['delay_ms']} ms, retries {s['retries']}, "
+        f"takeover on loopback, 3 nodes, {s.get('backend', 'multicast')} backend, "
+        f"delay {s['delay_ms']} ms, retries {s['retries']}, "
         f"{results['python']}; time from the signal to the new master's adapter start (ms)",
         "",
         f"{'series':<8} {'runs':>4} {'failed':>6} {'median':>8} {'p90':>8} {'p99':>8} "
@@ -399,6 +427,11 @@ def report(results: dict[str, Any]) -> str:
                 f"master {pct['master']:.3f} %, slave {pct['slave']:.3f} % of one core "
                 f"(target < {cpu['target_percent']:g} % per node): {_verdict(cpu['holds'])}"
             )
+            if cpu.get("etcd_requests_per_node_s") is not None:
+                out.append(
+                    "etcd traffic per idle node: "
+                    f"{cpu['etcd_requests_per_node_s']:.1f} requests/s (delay 1000 ms)"
+                )
     return "\n".join(out)
 
 
@@ -415,6 +448,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", metavar="FILE", help="write every run and the figures as JSON")
     p.add_argument("--python", default=sys.executable, help="interpreter of the nodes")
+    p.add_argument(
+        "--backend",
+        choices=("multicast", "etcd"),
+        default="multicast",
+        help="failover.backend; etcd runs a three-member etcd on loopback (Debian etcd-server)",
+    )
     args = p.parse_args(argv)
     if not sys.platform.startswith("linux"):
         print("takeover.py needs Linux (/proc, one CLOCK_MONOTONIC for all processes)")
@@ -429,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     kill_limit = (
         KILL_LIMIT_S if (args.delay, args.retries) == (200, 3) else kill_nominal + KILL_SLACK_S
     )
+    if args.backend == "etcd":
+        kill_limit = ETCD_KILL_LIMIT_S
+        kill_nominal = ETCD_KILL_LIMIT_S
     series = {
         "kill -9": Series(
             "kill -9",
@@ -442,21 +484,47 @@ def main(argv: list[str] | None = None) -> int:
             f"p99 within {TERM_DELAYS} delays ({TERM_DELAYS * args.delay} ms)",
         ),
     }
+    if args.backend == "etcd":
+        series["kill -9"].bound_text = f"p99 < {ETCD_KILL_LIMIT_S * 1000:.0f} ms"
+        series["SIGTERM"].bound_s = ETCD_TERM_LIMIT_S
+        series["SIGTERM"].bound_text = f"p99 < {ETCD_TERM_LIMIT_S * 1000:.0f} ms"
+        for one in series.values():
+            one.etcd = True
     results: dict[str, Any] = {
         "python": f"Python {version} ({args.python})",
         "host": platform.node(),
         "cpus": os.cpu_count(),
-        "settings": {"delay_ms": args.delay, "retries": args.retries, "runs": args.runs},
+        "settings": {
+            "delay_ms": args.delay,
+            "retries": args.retries,
+            "runs": args.runs,
+            "backend": args.backend,
+        },
     }
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="twinweave-takeover-") as tmp:
         work = Path(tmp)
-        for name, sig in (("kill -9", signal.SIGKILL), ("SIGTERM", signal.SIGTERM)):
-            print(f"{name} series ({args.runs} runs)", flush=True)
-            run_series(series[name], args, sig, work)
-        if args.cpu_seconds > 0:
-            print(f"heartbeat CPU ({args.cpu_seconds:g} s)", flush=True)
-            results["cpu"] = heartbeat_cpu(work, args.python, args.cpu_seconds)
+        etcd = None
+        args.settings = []
+        if args.backend == "etcd":
+            if _REPO not in sys.path:  # run as a script: benchmarks/ is on the path, not _REPO
+                sys.path.insert(0, _REPO)
+            from benchmarks.etcd_server import start_cluster
+
+            etcd = start_cluster(work / "etcd", 3)
+            args.settings = ["failover.backend=etcd", f"failover.etcd.endpoints={etcd.endpoints}"]
+        try:
+            for name, sig in (("kill -9", signal.SIGKILL), ("SIGTERM", signal.SIGTERM)):
+                print(f"{name} series ({args.runs} runs)", flush=True)
+                run_series(series[name], args, sig, work)
+            if args.cpu_seconds > 0:
+                print(f"heartbeat CPU ({args.cpu_seconds:g} s)", flush=True)
+                results["cpu"] = heartbeat_cpu(
+                    work, args.python, args.cpu_seconds, args.settings, etcd
+                )
+        finally:
+            if etcd is not None:
+                etcd.stop()
     results["series"] = {name: s.figures() for name, s in series.items()}
     results["elapsed_s"] = time.monotonic() - began
     print()

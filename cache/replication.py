@@ -516,8 +516,12 @@ class Follower:
         known_epoch: Callable[[], int],
         on_position: Callable[[tuple[int, int], bool], None],
         retry_s: float = 0.2,
+        on_gone: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self.replica = replica
+        #: called (host, port, epoch) when the master's port refuses the connection: no
+        #: process listens there any more (its host answered for it)
+        self.on_gone = on_gone
         self.cluster = cluster
         self.node_id = node_id
         self.secret = secret
@@ -586,13 +590,18 @@ class Follower:
     def _run(self, generation: int, previous: threading.Thread | None = None) -> None:
         if previous is not None:
             previous.join()
+        again_at_once = False  # after a close without a word, one retry without waiting
         while self._current(generation):
             target = self._target
             if target is None:
                 return
-            host, port, _epoch = target
+            host, port, epoch = target
+            outcome = None
             try:
-                self._session(generation, host, port)
+                outcome = self._session(generation, host, port)
+            except ConnectionRefusedError:
+                if self._current(generation) and self.on_gone is not None:
+                    self.on_gone(host, port, epoch)
             except WireError as exc:
                 self.refused[exc.reason] += 1
                 log.warning("replication stream from %s:%d refused: %s", host, port, exc)
@@ -602,11 +611,16 @@ class Follower:
             except OSError as exc:
                 if self._current(generation):
                     log.info("replication from %s:%d: %s", host, port, exc)
+            if outcome == "closed" and not again_at_once:
+                again_at_once = True
+                continue
+            again_at_once = False
             if self._current(generation):
                 self._changed.wait(self.retry_s)
                 self._changed.clear()
 
-    def _session(self, generation: int, host: str, port: int) -> None:
+    def _session(self, generation: int, host: str, port: int) -> str | None:
+        """One connection to the master; "closed" when the master closed it unannounced."""
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -627,7 +641,7 @@ class Follower:
             while self._current(generation):
                 data = sock.recv(RECV_BYTES)
                 if not data:
-                    return  # the master went away: we keep what we have (still in sync)
+                    return "closed"  # the master went away: we keep what we have (in sync)
                 last = None
                 ops: list[Op] = []  # consecutive changes are applied together
                 for frame in session.feed(data):

@@ -2,10 +2,12 @@
 
 Several instances of one adapter run as the nodes of a cluster; exactly one,
 the master, runs the adapter (``python -m agent.bootstrap --failover ...``).
-The package is split by concern: settings (``config``), the wire format
-(``protocol``), the sockets (``transport``), the election (``election``, a pure
-state machine), the node's folder and epoch (``home``), the loop around them
-(``manager``), zeroconf (``discovery``) and ``python -m cluster status``.
+The package is split by concern: settings (``config``), the node's folder and
+epoch (``home``), the node's life (``manager``), the seam to what elects the
+master (``backend``) and its two backends: ``multicast`` (the wire format in
+``protocol``, the sockets in ``transport``, the pure election in ``election``,
+zeroconf in ``discovery``) and ``etcd`` (a lease-bound leader key); and
+``python -m cluster status``.
 
 For the adapter, this module answers a few questions; each works outside
 failover mode too, as if the process were a cluster of one::

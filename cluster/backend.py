@@ -103,6 +103,13 @@ class Backend(abc.ABC):
     def set_position(self, position: tuple[int, int]) -> None:
         """The replicated-state position (epoch, seq) that ranks this node as a candidate."""
 
+    def master_gone(self, host: str, port: int, epoch: int) -> None:
+        """The master of ``epoch`` at host:port refused a replication connection: its host
+        says no process listens there, so it died. A backend may stand at once instead of
+        waiting for the master's lease or heartbeats to run out (called from the follower's
+        thread); by default nothing changes."""
+        return None
+
     # -- what the node reads (status, metrics) ------------------------------------------
 
     @property

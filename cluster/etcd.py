@@ -379,6 +379,38 @@ class EtcdBackend(Backend):
     def set_position(self, position: tuple[int, int]) -> None:
         self._position = position
 
+    def master_gone(self, host: str, port: int, epoch: int) -> None:
+        """A dead master's lease is revoked at once, so that its key goes now, not at expiry.
+
+        Only when the leader key still names that master at that epoch and address: the
+        refused connection proves that no process serves there, and a lease whose holder
+        is dead protects nothing. A master that is alive but unreachable (host or network
+        gone) refuses nothing, and its lease runs out as usual.
+        """
+        if self._state is not State.SLAVE or epoch != self._epoch:
+            return
+        fresh = Endpoints(self.settings, self.etcd.timeout)
+        try:
+            _, leader, _ = fresh.call("reading the leader", lambda c: read_cluster(c, self.keys))
+            if (
+                leader is None
+                or leader.get("create_revision") != epoch
+                or (leader.get("host"), leader.get("port")) != (host, port)
+                or not leader.get("lease")
+            ):
+                return
+            log.warning(
+                "Master %s refused replication at %s:%d: its process is gone; revoking its lease",
+                leader.get("node"),
+                host,
+                port,
+            )
+            fresh.call("revoking the dead master's lease", lambda c: _revoke(c, leader["lease"]))
+        except Exception as exc:  # its lease expires by itself anyway
+            log.info("could not revoke the dead master's lease: %s", _short(exc))
+        finally:
+            fresh.close()
+
     @property
     def state(self) -> State:
         return self._state

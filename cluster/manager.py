@@ -334,6 +334,7 @@ class Node:
             s.secret,
             known_epoch=lambda: self.backend.known_epoch,
             on_position=self._on_position,
+            on_gone=self.backend.master_gone,
         )
 
     def _on_position(self, position: tuple[int, int], in_sync: bool) -> None:

@@ -12,15 +12,13 @@ import uuid
 
 import pytest
 
+from benchmarks.etcd_server import free_ports, start_cluster
 from cache import Cache
 from cluster.backend import BackendError
 from cluster.config import Settings
 from cluster.election import State
 from cluster.etcd import EtcdBackend, collect_nodes, lease_ttl
 from cluster.manager import Node
-from tests.etcd_server import free_ports, start_cluster
-
-pytest.importorskip("etcd3gw", reason="the etcd extra is part of the test extra")
 
 
 def wait_for(predicate, timeout: float = 10.0) -> bool:

@@ -20,10 +20,8 @@ from pathlib import Path
 import pytest
 from fs_cluster import FsCluster
 
-from tests.etcd_server import EtcdCluster, start_cluster
+from benchmarks.etcd_server import EtcdCluster, start_cluster
 from tests.nodeproc import EXIT_DEMOTED, kill_all
-
-pytest.importorskip("etcd3gw", reason="the etcd extra is part of the test extra")
 
 pytestmark = [
     pytest.mark.slow,

@@ -1,4 +1,4 @@
-"""Real etcd servers for tests: one member or three, on loopback ports, in a temporary folder.
+"""Real etcd servers for tests and benchmarks: one member or three, on loopback, in a folder.
 
 Debian's ``etcd-server`` package provides ``etcd`` (``.ci/run`` installs it when it is
 missing). Every member listens on 127.0.0.1 only, keeps its data under the folder given,
@@ -18,15 +18,18 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 ETCD = shutil.which("etcd")
 
 
+class EtcdMissing(RuntimeError):
+    """No ``etcd`` executable on PATH."""
+
+
 def need_etcd() -> str:
-    """The etcd executable, or the test fails (never skips) saying how to get it."""
+    """The etcd executable, or :class:`EtcdMissing` saying how to get it (tests fail on it,
+    never skip)."""
     if ETCD is None:
-        pytest.fail("etcd is not installed: apt-get install -y etcd-server (.ci/run does)")
+        raise EtcdMissing("etcd is not installed: apt-get install -y etcd-server (.ci/run does)")
     return ETCD
 
 
@@ -101,7 +104,7 @@ class EtcdCluster:
                 return
             time.sleep(0.1)
         tails = {m.name: m.log.read_text(errors="replace")[-2000:] for m in self.members}
-        raise AssertionError(f"etcd did not become healthy in {timeout} s: {tails}")
+        raise RuntimeError(f"etcd did not become healthy in {timeout} s: {tails}")
 
     def kill(self, member: Member) -> None:
         if member.process is not None and member.process.poll() is None:
@@ -128,7 +131,23 @@ class EtcdCluster:
             leader_id = status.get("leader")
             if leader_id and leader_id == status.get("header", {}).get("member_id"):
                 return m
-        raise AssertionError("no etcd member says it is the leader")
+        raise RuntimeError("no etcd member says it is the leader")
+
+    def handled_requests(self) -> int:
+        """Requests the live members served so far (``grpc_server_handled_total`` summed)."""
+        total = 0
+        for m in self.members:
+            if not m.alive():
+                continue
+            try:
+                with urllib.request.urlopen(m.url + "/metrics", timeout=2.0) as answer:
+                    text = answer.read().decode("utf-8", "replace")
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("grpc_server_handled_total{"):
+                    total += int(float(line.rsplit(" ", 1)[1]))
+        return total
 
     def stop(self) -> None:
         for m in self.members:
