@@ -81,6 +81,10 @@ class EtcdUnavailable(BackendError):
     """No endpoint of ``failover.etcd.endpoints`` answered."""
 
 
+class EtcdRefused(BackendError):
+    """etcd answered with an error (bad credentials, a lease it no longer has...)."""
+
+
 def lease_ttl(settings: Settings) -> int:
     """The TTL to ask for: ``delay * retries`` in whole seconds (at least 1)."""
     return max(1, math.ceil(settings.delay_ms * settings.retries / 1000))
@@ -156,13 +160,14 @@ class Endpoints:
                 client = self._client(index)
                 try:
                     result = fn(client)
+                except exceptions.WatchTimedOut:
+                    raise
                 except exceptions.Etcd3Exception as exc:
-                    if self.settings.etcd_username and "auth" in _short(exc).lower():
-                        self._authenticate(client)  # the token expired: once more
-                        self.requests += 1
-                        result = fn(client)
-                    else:
+                    if not (self.settings.etcd_username and "token" in _short(exc).lower()):
                         raise
+                    self._authenticate(client)  # the token expired: once more
+                    self.requests += 1
+                    result = fn(client)
             except (
                 exceptions.ConnectionFailedError,
                 exceptions.ConnectionTimeoutError,
@@ -174,6 +179,11 @@ class Endpoints:
                 tried.append(f"{url} ({_short(exc)})")
                 self._clients[index] = None  # a new session next time
                 continue
+            except exceptions.WatchTimedOut:
+                raise
+            except exceptions.Etcd3Exception as exc:  # etcd answered, and said no
+                self.failures["refused"] += 1
+                raise EtcdRefused(f"{what}: etcd at {url} refused: {_short(exc)}") from None
             with self._lock:
                 self._current = index
             return result
@@ -191,6 +201,10 @@ class Endpoints:
 
 def _short(exc: BaseException) -> str:
     text = getattr(exc, "detail_text", None) or str(exc) or type(exc).__name__
+    try:  # the gateway's error body: {"error": "etcdserver: ...", "code": N}
+        text = json.loads(text).get("error", text)
+    except (ValueError, AttributeError):
+        pass
     if "Connection refused" in text:
         return "connection refused"
     if "timed out" in text.lower() or "timeout" in type(exc).__name__.lower():
@@ -327,7 +341,7 @@ class EtcdBackend(Backend):
         try:
             self._grant()
             self._publish(force=True)
-        except EtcdUnavailable as exc:
+        except BackendError as exc:
             self.etcd.close()
             raise EtcdUnavailable(
                 f"failover.etcd.endpoints={','.join(s.etcd_endpoints)}: {exc}"
@@ -537,8 +551,8 @@ class EtcdBackend(Backend):
                     self._step_down("the leader key is no longer this node's")
                     return
                 self._publish()
-            except EtcdUnavailable as exc:
-                log.warning("etcd unreachable (%s); acting for %.2f s more", exc, self._left())
+            except BackendError as exc:
+                log.warning("etcd: %s; acting for %.2f s more", exc, self._left())
                 self._closing.wait(min(self.delay / 4, max(0.0, self._left())))
                 return
         wait = min(self._next_renewal, self._acting_until) - time.monotonic()
@@ -571,8 +585,9 @@ class EtcdBackend(Backend):
             revision, leader, nodes = self.etcd.call(
                 "reading the cluster", lambda c: read_cluster(c, self.keys)
             )
-        except EtcdUnavailable as exc:
-            log.warning("etcd unreachable: %s", exc)
+        except BackendError as exc:
+            log.warning("etcd: %s", exc)
+            self._next_renewal = 0.0  # renew (or replace) the lease first next time
             self._closing.wait(self.delay / 2)
             return
         self._peers = nodes

@@ -176,3 +176,37 @@ def test_a_three_member_etcd_keeps_one_master_when_the_members_die(make_node, tm
         assert first.backend.state in (State.MASTER, State.STOPPED)
     finally:
         etcd3.stop()
+
+
+def _gateway(url: str, path: str, body: dict) -> dict:
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        return json.loads(answer.read())
+
+
+def test_etcd_authentication_with_the_right_password_and_a_clear_error_with_a_wrong_one(
+    make_node, tmp_path
+):
+    secured = start_cluster(tmp_path / "auth", 1)
+    try:
+        url = secured.members[0].url
+        _gateway(url, "/v3/auth/role/add", {"name": "root"})
+        _gateway(url, "/v3/auth/user/add", {"name": "root", "password": "s3cret"})
+        _gateway(url, "/v3/auth/user/grant", {"user": "root", "role": "root"})
+        _gateway(url, "/v3/auth/enable", {})
+        good = make_node("a", endpoints=url, etcd_username="root", etcd_password="s3cret")
+        good.start()
+        assert wait_for(good.is_master)
+        bad = make_node("b", endpoints=url, etcd_username="root", etcd_password="wrong")
+        with pytest.raises(BackendError) as error:
+            bad.start()
+        assert "authentication failed" in str(error.value), str(error.value)
+        assert "wrong" not in str(error.value)  # the password is never shown
+        anonymous = make_node("c", endpoints=url)
+        with pytest.raises(BackendError):
+            anonymous.start()
+    finally:
+        secured.stop()
