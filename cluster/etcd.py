@@ -33,6 +33,7 @@ gateway's ``auth/authenticate``).
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import math
@@ -115,7 +116,6 @@ class Endpoints:
         return made
 
     def _make(self, url: str) -> Any:
-
         s = self.settings
         protocol, _, rest = url.partition("://")
         host, _, port = rest.rpartition(":")
@@ -129,7 +129,7 @@ class Endpoints:
             timeout=self.timeout,
             api_path="/v3/",  # etcd 3.4 and newer; saves a /version request per client
         )
-        adapter = _TimeoutAdapter(self.timeout)
+        adapter = _timeout_adapter_class()(self.timeout)
         client.session.mount("http://", adapter)
         client.session.mount("https://", adapter)
         if s.etcd_username:
@@ -212,7 +212,9 @@ def _short(exc: BaseException) -> str:
     return text[:120]
 
 
+@functools.cache
 def _timeout_adapter_class() -> type:
+    """An HTTPAdapter with a default timeout (made on first use: requests is an extra)."""
     import requests.adapters
 
     class TimeoutAdapter(requests.adapters.HTTPAdapter):
@@ -228,16 +230,6 @@ def _timeout_adapter_class() -> type:
             return super().send(request, **kwargs)
 
     return TimeoutAdapter
-
-
-def _TimeoutAdapter(timeout: float) -> Any:
-    global _ADAPTER
-    if _ADAPTER is None:
-        _ADAPTER = _timeout_adapter_class()
-    return _ADAPTER(timeout)
-
-
-_ADAPTER: Any = None
 
 
 class Keys:

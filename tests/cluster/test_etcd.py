@@ -70,6 +70,15 @@ def masters(nodes) -> list[Node]:
     return [n for n in nodes if n.is_master()]
 
 
+def never_two_masters(nodes, seconds: float) -> None:
+    """Look every 10 ms for ``seconds``: at most one node may be master at any moment."""
+    limit = time.monotonic() + seconds
+    while time.monotonic() < limit:
+        now = [n.node_id for n in masters(nodes)]
+        assert len(now) <= 1, now
+        time.sleep(0.01)
+
+
 def test_three_nodes_elect_one_master_whose_epoch_is_the_etcd_revision(make_node):
     a, b, c = (make_node(x) for x in "abc")
     for n in (a, b, c):
@@ -155,23 +164,12 @@ def test_a_three_member_etcd_keeps_one_master_when_the_members_die(make_node, tm
         first = masters([a, b, c])[0]
         # the member every node talks to first dies, then the raft leader
         etcd3.kill(etcd3.members[0])
-        seen: set[str] = set()
-        limit = time.monotonic() + 3.0
-        while time.monotonic() < limit:
-            now = [n.node_id for n in masters([a, b, c])]
-            assert len(now) <= 1, now
-            seen.update(now)
-            time.sleep(0.01)
+        never_two_masters([a, b, c], 3.0)
         leader = etcd3.leader()
         etcd3.kill(leader)
         etcd3.start(leader, state="existing")  # back, so a majority (2 of 3) stays
         etcd3.wait_healthy()
-        limit = time.monotonic() + 4.0
-        while time.monotonic() < limit:
-            now = [n.node_id for n in masters([a, b, c])]
-            assert len(now) <= 1, now
-            seen.update(now)
-            time.sleep(0.01)
+        never_two_masters([a, b, c], 4.0)
         assert wait_for(lambda: len(masters([a, b, c])) == 1, 10.0)
         assert first.backend.state in (State.MASTER, State.STOPPED)
     finally:
