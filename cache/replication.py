@@ -50,6 +50,7 @@ from cache.wire import (
     SnapshotEnd,
     Welcome,
     WireError,
+    encode_body,
 )
 
 log = logging.getLogger(__name__)
@@ -81,11 +82,33 @@ class _Link:
         self.joined_at = time.monotonic()
         self.wake = threading.Condition(hub.lock)
         self.sender: threading.Thread | None = None
+        self.sending = False  # the sender thread has frames out of the queue (under hub.lock)
 
     # called under hub.lock
     def enqueue(self, frame: object) -> None:
         self.queue.append(frame)
         self.wake.notify()
+
+    # called under hub.lock
+    def send_now(self, frame: object, body: bytes) -> None:
+        """Send from the writer's thread when the link is idle: no hand-off to the sender.
+
+        The socket is written without blocking; what it does not take now (a full send
+        buffer) is queued, as bytes, for the sender thread, ahead of anything newer.
+        """
+        if self.queue or self.sending or self.closed:
+            self.enqueue(frame)
+            return
+        data = self.session.encode(frame, body)
+        try:
+            sent = self.sock.send(data, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self.close(f"send failed: {exc}")
+            return
+        if sent < len(data):
+            self.enqueue(data[sent:])
 
     def close(self, reason: str, tell: bool = False, flush: bool = False) -> None:
         """Stop this link; ``tell`` sends the slave a Refuse with the reason, after what
@@ -122,14 +145,20 @@ class _Link:
                     while self.queue and len(frames) < MAX_BATCH:
                         frames.append(self.queue.popleft())
                     finished = self.closed and not self.queue
-                data = b"".join(self.session.encode(f) for f in _batched(frames))
+                    self.sending = True
+                data = b"".join(
+                    f if isinstance(f, bytes) else self.session.encode(f) for f in _batched(frames)
+                )
                 if data:
                     self.sock.sendall(data)
+                with self.hub.lock:
+                    self.sending = False
                 if finished:
                     break
         except (OSError, WireError) as exc:
             self.close(f"send failed: {exc}")
         finally:
+            self.sending = False
             _close(self.sock)
 
     def receive_loop(self) -> None:
@@ -322,17 +351,25 @@ class Hub:
                 for kind, cache, key, value, expire_at in ticket.fields:
                     ops.append(Op(epoch, seq + len(ops), kind, cache, key, value, expire_at))
                 ticket.position = (epoch, ops[-1].seq)
-            self.replica.apply_all(ops, validate=False)  # values encoded by us just now
+            frames = _framed(ops)  # a field out of the wire's range fails here, untaken
+            # taken, sent, then applied here while the slaves journal it; a change that
+            # fails to apply here stays pending (its seq is never reused) and is applied
+            # before the next one, and its writer gets the error
+            self.replica.stage(ops, validate=False)  # values encoded by us just now
             self.commits += 1
             self.writes += len(ops)
             last = ops[-1].seq
             self._commit_times.append((last, time.monotonic()))
             waiting = []
-            frame: object = ops[0] if len(ops) == 1 else Batch(tuple(ops))
-            for link in self.links:
-                link.enqueue(frame)
+            for link in list(self.links):
+                for frame, body in frames:
+                    if self.sync:
+                        link.send_now(frame, body)
+                    else:
+                        link.enqueue(frame)  # nobody waits: the sender gathers a batch
                 if link.live:
                     waiting.append(link)
+            self.replica.apply_pending()
             if self.sync and waiting:
                 self._await(waiting, last)
                 if self.epoch != epoch or not self.is_master():
@@ -467,10 +504,15 @@ class Hub:
                 return
             history = self.replica.history_after((hello.data_epoch, hello.data_seq))
             snapshot = history is None
+            if snapshot:
+                try:
+                    position, items = self.replica.snapshot()
+                except Exception as exc:  # our own changes cannot be applied (a full disk)
+                    self._refuse(link, f"the master cannot read its state: {exc}")
+                    return
             link.enqueue(Welcome(self.node_id, link.session.nonce, self.epoch, snapshot))
             if snapshot:
                 self.snapshots += 1
-                position, items = self.replica.snapshot()
                 link.enqueue(SnapshotBegin(*position))
                 for item in items:
                     link.enqueue(item)
@@ -611,6 +653,9 @@ class Follower:
             except OSError as exc:
                 if self._current(generation):
                     log.info("replication from %s:%d: %s", host, port, exc)
+            except Exception as exc:  # the stores cannot take a change (damaged, locked)
+                self.refused["store"] += 1
+                log.warning("replication from %s:%d: cannot store a change: %s", host, port, exc)
             if outcome == "closed" and not again_at_once:
                 again_at_once = True
                 continue
@@ -630,7 +675,9 @@ class Follower:
                 return
             self._sock = sock
         session = Session(self.secret, initiator=True)
+        applier = None
         try:
+            self.replica.apply_pending()  # what an earlier session took and could not apply
             position = self.replica.position
             sock.sendall(
                 session.encode(
@@ -638,24 +685,29 @@ class Follower:
                 )
             )
             master_epoch = 0
+            applier = _Applier(self.replica)
             while self._current(generation):
                 data = sock.recv(RECV_BYTES)
                 if not data:
                     return "closed"  # the master went away: we keep what we have (in sync)
                 last = None
-                ops: list[Op] = []  # consecutive changes are applied together
-                for frame in session.feed(data):
+                ops: list[Op] = []  # consecutive changes are journaled together
+                records: list[bytes] = []  # the frames that carry them, as received
+                bodies: list[bytes] = []
+                for frame, body in zip(session.feed(data, bodies), bodies):
                     if not self._current(generation):
-                        return  # promoted or following another master: apply nothing more
+                        break  # promoted or following another master: take nothing more
                     if isinstance(frame, (Op, Batch)):
                         for op in frame.ops if isinstance(frame, Batch) else (frame,):
                             self._check_op(session, sock, op, master_epoch)
                             ops.append(op)
+                        records.append(body)
                         continue
                     if ops:
-                        self.replica.apply_all(ops)
-                        last = (ops[-1].epoch, ops[-1].seq)
-                        ops = []
+                        self.replica.stage(ops, journal=records)
+                        self.replica.apply_pending()
+                        last = self.replica.position
+                        ops, records = [], []
                     if isinstance(frame, Welcome):
                         master_epoch = frame.epoch
                         self._check_epoch(session, sock, master_epoch)
@@ -674,16 +726,21 @@ class Follower:
                         self.replica.end_snapshot((frame.epoch, frame.seq))
                         last = (frame.epoch, frame.seq)
                 if ops and self._current(generation):
-                    self.replica.apply_all(ops)
-                    last = (ops[-1].epoch, ops[-1].seq)
-                if last is not None:
+                    # journaled, acknowledged, then applied: the master's wait is one write
+                    self.replica.stage(ops, journal=records)
+                    last = self.replica.position
+                if last is not None and self._current(generation):
                     sock.sendall(session.encode(Ack(*last)))
                     self._set_sync(True)
+                applier.wake()  # everything taken, acknowledged or not
+
         finally:
             with self._lock:
                 if self._sock is sock:
                     self._sock = None
             _close(sock)
+            if applier is not None:
+                applier.finish()  # nothing taken is left unapplied when the session ends
 
     def _check_epoch(self, session: Session, sock: socket.socket, epoch: int) -> None:
         known = self.known_epoch()
@@ -711,6 +768,53 @@ class Follower:
         self.on_position(self.replica.position, value)
 
 
+class _Applier:
+    """A slave session's thread that writes taken changes to the stores.
+
+    The receiving thread journals and acknowledges; this one applies, in batches of
+    whatever arrived meanwhile (one transaction per run of one store; SQLite releases the
+    GIL while it writes, so the next change is received and acknowledged during the
+    transaction of the previous one). Nothing reads a slave's stores before
+    :meth:`finish` (a promotion stops the follower first). Gathering for a few
+    milliseconds first, to make the batches larger, was measured and did not pay: the
+    larger transaction holds the GIL longer against the receiving thread.
+    A failure (a full disk) is logged and retried at the next wake: what is taken stays
+    in the journal, and in the replica's pending changes, until it is applied.
+    """
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+        self._wanted = threading.Event()
+        self._stop = False
+        self._failing = False
+        self._thread = threading.Thread(target=self._loop, name="twinweave-apply", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wanted.set()
+
+    def finish(self) -> None:
+        """Stop the thread, then apply what is left here (errors propagate)."""
+        self._stop = True
+        self._wanted.set()
+        self._thread.join()
+        self.replica.apply_pending()
+
+    def _loop(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._stop:
+                return
+            try:
+                self.replica.apply_pending()
+                self._failing = False
+            except Exception as exc:  # kept pending and journaled; retried at the next wake
+                if not self._failing:
+                    log.warning("replicated changes cannot be applied yet: %s", exc)
+                self._failing = True
+
+
 def _batched(frames: list) -> list:
     """Consecutive changes travel as one Batch frame."""
     out: list = []
@@ -729,6 +833,21 @@ def _batched(frames: list) -> list:
     if run:
         out.append(run[0] if len(run) == 1 else Batch(tuple(run)))
     return _split_batches(out)
+
+
+def _framed(ops: list[Op]) -> list[tuple[object, bytes]]:
+    """One group commit's changes as frames within the wire's limits, with their bodies."""
+    out: list[tuple[object, bytes]] = []
+    for start in range(0, len(ops), MAX_BATCH_OPS):
+        chunk = tuple(ops[start : start + MAX_BATCH_OPS])
+        frame: object = chunk[0] if len(chunk) == 1 else Batch(chunk)
+        try:
+            out.append((frame, encode_body(frame)))
+        except WireError as exc:
+            if exc.reason != "too-large" or len(chunk) == 1:
+                raise
+            out.extend((op, encode_body(op)) for op in chunk)  # large values: one per frame
+    return out
 
 
 def _split_batches(frames: list) -> list:

@@ -5,7 +5,10 @@ that stores only ``str`` keys and JSON-compatible values or bytes, and refuses
 to load anything else (a pickled row planted in a shared folder is an error,
 never code run: diskcache's default pickling is CVE-2025-69872), and
 :class:`LocalStore`, one named store in one folder with the replication
-position kept beside the data in the same transaction. Does not replicate
+position kept beside the data in the same transaction: a put carries its
+position in its own row (diskcache's ``tag`` column, no second statement); a
+delete or a clear, which leave no row, write the position row. The store's
+position is the newest of the two. Does not replicate
 (``cache.replication``) nor decide where folders are (``cache``).
 
 Values are encoded once, as a tag byte and a payload (``J`` + compact JSON, or
@@ -16,6 +19,7 @@ replica checks it by decoding before it stores it.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -26,8 +30,11 @@ from diskcache.core import MODE_BINARY, MODE_RAW, UNKNOWN
 
 from cache.wire import Kind
 
+log = logging.getLogger(__name__)
+
 #: reserved key holding the replication position (epoch, seq) of the last applied change
 POSITION_KEY = "\x00twinweave.position"
+_SEQ_DIGITS = 20  # a tag is "<seq, zero-padded>:<epoch>": its text order is the seq order
 _TAG_JSON = b"J"
 _TAG_BYTES = b"B"
 
@@ -121,8 +128,17 @@ class LocalStore:
         self.directory = directory
         # sqlite's NORMAL sync in WAL mode: a committed write survives a process crash
         self._cache = diskcache.Cache(directory, disk=SafeDisk, eviction_policy="none")
+        self._tagged: tuple[int, int] | None = None  # newer than the position row, if set
 
     def close(self) -> None:
+        if self._tagged is not None:
+            # not needed for correctness (position() reads the tags), but a store closed
+            # cleanly then says where it is in one row
+            try:
+                self._set_position(self._tagged)
+            except Exception as exc:  # a full disk: the tags still hold the position
+                log.warning("%s: position row not updated at close: %s", self.directory, exc)
+            self._tagged = None
         self._cache.close()
 
     def transaction(self) -> Any:
@@ -158,11 +174,15 @@ class LocalStore:
                 yield key, value, expire_time
 
     def position(self) -> tuple[int, int]:
+        """The position of the last change applied here: the position row or the newest tag."""
         raw = self._cache.get(POSITION_KEY, default=None, retry=True)
-        if raw is None:
-            return (0, 0)
-        epoch, seq = decode_value(raw)
-        return (int(epoch), int(seq))
+        row = (0, 0)
+        if raw is not None:
+            epoch, seq = decode_value(raw)
+            row = (int(epoch), int(seq))
+        # diskcache has no public query for this; _sql is its own statement runner
+        (tag,) = self._cache._sql("SELECT MAX(tag) FROM Cache").fetchone()
+        return max(row, _untag(tag, self.directory))
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -175,13 +195,13 @@ class LocalStore:
     ) -> None:
         """Store ``encoded`` (and the position, in the same transaction)."""
         expire = _relative(expire_at)
-        with self._cache.transact(retry=True):
-            if expire is not None and expire <= 0:
-                self._cache.delete(key, retry=True)
-            else:
-                self._cache.set(key, encoded, expire=expire, retry=True)
-            if position is not None:
-                self._set_position(position)
+        if expire is not None and expire <= 0:
+            self.delete(key, position)
+            return
+        tag = None if position is None else _tag(position)
+        self._cache.set(key, encoded, expire=expire, tag=tag, retry=True)
+        if position is not None:
+            self._tagged = position
 
     def delete(self, key: str, position: tuple[int, int] | None = None) -> bool:
         with self._cache.transact(retry=True):
@@ -221,6 +241,24 @@ class LocalStore:
 
     def _set_position(self, position: tuple[int, int]) -> None:
         self._cache.set(POSITION_KEY, encode_value(list(position)), retry=True)
+        self._tagged = None
+
+
+def _tag(position: tuple[int, int]) -> str:
+    epoch, seq = position
+    return f"{int(seq):0{_SEQ_DIGITS}d}:{int(epoch)}"
+
+
+def _untag(tag: object, where: str) -> tuple[int, int]:
+    if tag is None:
+        return (0, 0)
+    try:
+        seq, _, epoch = str(tag).partition(":")
+        if len(seq) != _SEQ_DIGITS:
+            raise ValueError(f"{len(seq)} digits of seq")
+        return (int(epoch), int(seq))
+    except ValueError as exc:
+        raise StoreError(f"{where}: a stored position tag {tag!r} is damaged ({exc})") from None
 
 
 def _relative(expire_at: float | None) -> float | None:

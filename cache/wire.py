@@ -503,6 +503,33 @@ def _decode_batch(reader: _Reader) -> Batch:
     return Batch(tuple(_decode_op(reader) for _ in range(count)))
 
 
+def change_record(frame: Op | Batch) -> bytes:
+    """An Op or a Batch as its type byte and body, without length or MAC: what
+    :meth:`Session.feed` gives for it in ``bodies``, and ``cache.journal``'s record."""
+    return _U8.pack(_CODECS[type(frame)].code) + encode_body(frame)
+
+
+def decode_change(data: bytes) -> list[Op]:
+    """The changes of a :func:`change_record`; :class:`WireError` on anything else."""
+    view = memoryview(data)
+    if not view or view[0] not in (_CODECS[Op].code, _CODECS[Batch].code):
+        raise WireError("malformed", "not an Op or a Batch")
+    codec = _BY_CODE[view[0]][1]
+    reader = _Reader(view, 1)
+    frame = codec.decode(reader)
+    reader.finish()
+    return list(frame.ops) if isinstance(frame, Batch) else [frame]
+
+
+def encode_body(frame: Frame) -> bytes:
+    """The body of ``frame`` (what every session sends of it); :class:`WireError` when a
+    field is out of range, so a change can be checked before it is taken."""
+    codec = _CODECS.get(type(frame))
+    if codec is None:
+        raise WireError("invalid", f"not a frame: {type(frame).__name__}")
+    return codec.encode(frame)
+
+
 def _position_decoder(cls: Callable[[int, int], Frame]) -> Callable[[_Reader], Frame]:
     return lambda reader: cls(*reader.unpack(_POSITION))
 
@@ -533,6 +560,8 @@ _BY_CODE = {codec.code: (cls, codec) for cls, codec in _CODECS.items()}
 class _Dir(enum.Enum):
     """Who sends a frame; the value is the direction byte of the session MAC."""
 
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code
+
     UP = 1  # slave to master
     DOWN = 2  # master to slave
 
@@ -543,6 +572,8 @@ _OTHER = {_Dir.UP: _Dir.DOWN, _Dir.DOWN: _Dir.UP}
 
 class _State(enum.Enum):
     """Where one direction of a conversation stands."""
+
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code
 
     HELLO = "no Hello yet"
     WELCOME = "no Welcome yet"
@@ -576,6 +607,8 @@ _RULES: dict[tuple[_Dir, _State, type], tuple[_State, frozenset[_State]]] = {
 
 class _Auth(enum.Enum):
     """Which MAC a frame carries."""
+
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code
 
     NONE = "none"
     HELLO = "HMAC(secret, type | body)"
@@ -636,8 +669,11 @@ class Session:
         """Whether this session signs what it sends and requires signatures on what it gets."""
         return self._secret is not None
 
-    def encode(self, frame: Frame) -> bytes:
-        """The bytes of ``frame``; :class:`WireError` when it is out of range or out of order."""
+    def encode(self, frame: Frame, body: bytes | None = None) -> bytes:
+        """The bytes of ``frame``; :class:`WireError` when it is out of range or out of order.
+
+        ``body`` is :func:`encode_body` of the same frame, made once for several sessions.
+        """
         cls = type(frame)
         codec = _CODECS.get(cls)
         if codec is None:
@@ -652,7 +688,8 @@ class Session:
         auth = self._auth(cls, state, other)
         flags = FLAG_AUTHENTICATED if auth is not _Auth.NONE else 0
         preamble = bytes((VERSION,) * codec.versioned + (flags,) * codec.flagged)
-        body = codec.encode(frame)
+        if body is None:
+            body = codec.encode(frame)
         size = 1 + len(preamble) + len(body) + _MAC_BYTES[auth]
         if size > MAX_FRAME_BYTES:
             raise WireError("too-large", f"a frame of {size} bytes, at most {MAX_FRAME_BYTES}")
@@ -664,8 +701,12 @@ class Session:
         self.frames_out += 1
         return data
 
-    def feed(self, data: bytes) -> list[Frame]:
-        """Every frame completed by ``data``, in order; :class:`WireError` on anything invalid."""
+    def feed(self, data: bytes, bodies: list[bytes] | None = None) -> list[Frame]:
+        """Every frame completed by ``data``, in order; :class:`WireError` on anything invalid.
+
+        With ``bodies``, each frame's type byte and body (its bytes without length and MAC)
+        are appended to it, one per frame returned: a slave journals its changes as received.
+        """
         if self._failure is not None:
             raise WireError("closed", f"this session already failed ({self._failure})")
         self._buffer += data
@@ -683,7 +724,7 @@ class Session:
                 end = offset + _U32.size + size
                 if len(self._buffer) < end:
                     break
-                frames.append(self._receive(bytes(self._buffer[offset + _U32.size : end])))
+                frames.append(self._receive(bytes(self._buffer[offset + _U32.size : end]), bodies))
                 offset = end
         except WireError as exc:
             self._failure = exc
@@ -741,7 +782,7 @@ class Session:
             self._key = hmac.new(mac.digest(), digestmod=hashlib.sha256)
         self._states[direction] = next_state
 
-    def _receive(self, payload: bytes) -> Frame:
+    def _receive(self, payload: bytes, bodies: list[bytes] | None = None) -> Frame:
         """Check and decode one frame (type, body, MAC), then move the state machine."""
         view = memoryview(payload)
         entry = _BY_CODE.get(view[0])
@@ -776,6 +817,8 @@ class Session:
         reader.finish()
         self._advance(frame, direction, next_state)
         self.frames_in += 1
+        if bodies is not None:
+            bodies.append(payload[:split])
         return frame
 
     def _check_flags(self, cls: type, view: memoryview, start: int, auth: _Auth) -> None:

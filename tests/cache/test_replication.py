@@ -11,6 +11,7 @@ import time
 import pytest
 
 from cache import Cache
+from cache.journal import scan
 from cache.replica import Replica, ReplicaError
 from cache.replication import Follower, Hub, NotMasterError
 from cache.store import decode_value, encode_value
@@ -74,6 +75,9 @@ def rig(tmp_path):
 
 
 def contents(replica: Replica, name: str = "x") -> dict:
+    """The entries of one store, once what the replica took is applied (a slave applies
+    right after it acknowledges)."""
+    wait_for(lambda: replica.applied == replica.position)
     store = replica.store(name)
     return {key: decode_value(value) for key, value, _ in store.items_encoded()}
 
@@ -85,15 +89,29 @@ def test_a_synchronous_write_is_on_every_live_slave_when_it_returns(rig):
     c = r.cache()
     for i in range(50):
         c.set(f"k{i}", {"i": i})
-        for _, replica in followers:  # no waiting: it is there already
-            assert replica.store("x").get_encoded(f"k{i}") == encode_value({"i": i})
+        for _, replica in followers:  # no waiting: it is on the slave's disk already
+            assert replica.position == (1, i + 1)
+            assert on_disk(replica, f"k{i}") == encode_value({"i": i})
     c.delete("k0")
     c.set("gone", 1, expire=60)
     for _, replica in followers:
-        assert "k0" not in replica.store("x")
+        assert on_disk(replica, "k0") is None
         assert replica.position == r.replica.position == (1, 52)
     c.clear()
-    assert all(contents(replica) == {} for _, replica in followers)
+    for _, replica in followers:  # applied to the stores right after the acknowledgement
+        assert wait_for(lambda replica=replica: contents(replica) == {})
+        assert replica.applied == (1, 53)
+
+
+def on_disk(replica: Replica, key: str, name: str = "x") -> bytes | None:
+    """What a slave holds for ``key`` on disk: its journal's last change to it, else its store
+    (what it would have after dying now and opening again)."""
+    ops, _, problem = scan((replica.root / "journal").read_bytes())
+    assert problem is None
+    journaled = [op for op in ops if op.cache == name and (op.key == key or op.kind is Kind.CLEAR)]
+    if not journaled:  # the journal is emptied only once what it holds is applied
+        return replica.store(name).get_encoded(key)
+    return journaled[-1].value if journaled[-1].kind is Kind.PUT else None
 
 
 def test_a_slave_joining_mid_stream_ends_identical(rig):
@@ -307,7 +325,7 @@ def test_set_many_is_one_change_batch_on_every_slave(rig):
     c.set_many([("a", 1), ("b", [2])])
     c.set_many({})
     assert replica.position == r.replica.position == (1, 5003)
-    assert contents(replica) == contents(r.replica)
+    assert wait_for(lambda: contents(replica) == contents(r.replica))  # applied after the ack
     assert contents(replica)["b"] == [2] and len(contents(replica)) == 5003
 
 

@@ -92,8 +92,11 @@ def test_three_nodes_elect_one_master_whose_epoch_is_the_etcd_revision(make_node
     # the replicated cache on this backend: the slaves have a returned write
     assert wait_for(lambda: sorted(master.hub.live_slaves()) == sorted(n.node_id for n in others))
     Cache("orders", master.replica.store("orders"), master.hub).set("o1", {"n": 1})
-    for n in others:
-        assert Cache("orders", n.replica.store("orders")).get("o1") == {"n": 1}
+    for n in others:  # taken (journaled) when the write returned; applied right after
+        assert n.replica.position == master.replica.position
+        assert wait_for(
+            lambda n=n: Cache("orders", n.replica.store("orders")).get("o1") == {"n": 1}
+        )
     # peers come from etcd's node records
     expected = sorted(n.node_id for n in others)
     assert wait_for(lambda: sorted(p.node_id for p in master.backend.peers()) == expected)
