@@ -6,7 +6,10 @@ the spec and instruments the spec's loader so that ``get_code`` returns woven
 code (``exec_module`` of source and bytecode loaders calls ``get_code``; so does
 ``runpy`` for ``python -m``). The loader object stays the one the import system
 made, so ``module.__loader__``, ``isinstance`` checks, resources and source
-lookups behave as before, and the ``.pyc`` cache keeps unwoven code. It also
+lookups behave as before, and the ``.pyc`` cache keeps unwoven code. Given a
+code cache (``agent.weaving.codecache``), ``get_code`` asks it first and, after
+weaving a module, stores the woven code there, so an unchanged module is woven
+once, not at every start-up (``AGENT_CODE_CACHE=off`` turns that off). It also
 walks modules imported before the agent started and swaps the ``__code__`` of
 their matching functions. It does not decide what matches nor how code is
 rewritten: ``weave`` is given to it.
@@ -20,7 +23,10 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from types import CodeType, FunctionType, ModuleType
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from agent.weaving.codecache import CodeCache
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +42,12 @@ _MARK = "_twinweave_instrumented"
 class WeavingFinder:
     """A meta-path finder that hands matching modules to the weaver."""
 
-    def __init__(self, may_match: MayMatch, weave: WeaveModule) -> None:
+    def __init__(
+        self, may_match: MayMatch, weave: WeaveModule, cache: CodeCache | None = None
+    ) -> None:
         self._may_match = may_match
         self._weave = weave
+        self._cache = cache
         self._busy = threading.local()
 
     def find_spec(
@@ -58,15 +67,16 @@ class WeavingFinder:
         finally:
             self._busy.active = False
         if spec is not None and spec.loader is not None:
-            instrument_loader(spec.loader, self._weave)
+            instrument_loader(spec.loader, self._weave, self._cache)
         return spec
 
     def invalidate_caches(self) -> None:
         """Nothing cached here; present for the import system's protocol."""
 
 
-def instrument_loader(loader: Any, weave: WeaveModule) -> bool:
-    """Make ``loader`` return woven code; False when it has no code to weave."""
+def instrument_loader(loader: Any, weave: WeaveModule, cache: CodeCache | None = None) -> bool:
+    """Make ``loader`` return woven code (from ``cache`` when it has it); False when it has
+    no code to weave."""
     if getattr(loader, _MARK, False) or isinstance(loader, importlib.machinery.ExtensionFileLoader):
         return False
     original = getattr(loader, "get_code", None)
@@ -74,10 +84,20 @@ def instrument_loader(loader: Any, weave: WeaveModule) -> bool:
         return False
 
     def get_code(fullname: str) -> CodeType | None:
+        identity = None
+        if cache is not None:
+            # The source's identity is taken before its code is read, so an edit made
+            # while the module is woven leaves no entry that would outlive it.
+            cached, identity = cache.fetch(loader, fullname, (fullname,))
+            if cached is not None:
+                return cached
         code = original(fullname)
         if code is None:
             return None
-        return weave(code, (fullname,))
+        woven = weave(code, (fullname,))
+        if cache is not None and woven is not code:
+            cache.store(loader, fullname, identity, woven)
+        return woven
 
     try:
         loader.get_code = get_code

@@ -24,7 +24,7 @@ from agent import importer, periodic
 from agent.events import Dispatcher, JoinPoint, Probe, code_kind
 from agent.plugins import AgentContext, PluginSet, build_plugins
 from agent.pointcuts import AgentConfig
-from agent.weaving import env
+from agent.weaving import codecache, env
 from agent.weaving.rewrite import Apply, is_join_point, parameters, weave_tree
 
 if TYPE_CHECKING:
@@ -96,9 +96,7 @@ class Agent:
             else parse_interval(os.environ.get(INTERVAL_VARIABLE), f"${INTERVAL_VARIABLE}")
         )
         plugins, self.plugin_errors = build_plugins(config.plugins)
-        self.plugins = PluginSet(
-            list(plugins) + list(extra_plugins), Dispatcher(), accelerate=self.backend == "bytecode"
-        )
+        self.plugins = PluginSet(list(plugins) + list(extra_plugins), Dispatcher())
         self._probes: dict[tuple[str, str], Probe] = {}
         self._matched: dict[str, int] = {aspect.name: 0 for aspect in config.aspects}
         # join points an aspect matched that no plugin receives events for (not woven)
@@ -107,6 +105,7 @@ class Agent:
         self._finder: importer.WeavingFinder | None = None
         self._monitor: MonitoringBackend | None = None
         self._apply: Apply | None = None  # None: the bytecode backend's weave_code
+        self.code_cache: codecache.CodeCache | None = None  # $AGENT_CODE_CACHE, bytecode only
         self._stopped = False
 
     # -- matching -------------------------------------------------------------------------
@@ -176,7 +175,11 @@ class Agent:
             monitor.start()
             self._monitor = monitor
             self._apply = monitor.register
-        self._finder = importer.WeavingFinder(self.may_match, self.weave_module)
+        if self._apply is None:
+            # Woven code of unchanged modules from earlier runs (agent.weaving.codecache);
+            # the monitoring backend changes no code, so it has nothing to cache.
+            self.code_cache = codecache.CodeCache.from_setting(self.probe_for)
+        self._finder = importer.WeavingFinder(self.may_match, self.weave_module, self.code_cache)
         importer.install(self._finder)
         count = importer.weave_loaded(self.may_match, self.weave_function, _own)
         if count:

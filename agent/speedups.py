@@ -17,6 +17,10 @@ is ``tsc``: invariant, synchronised across CPUs), else ``CLOCK_MONOTONIC``.
 Ticks become nanoseconds through a calibration against ``CLOCK_MONOTONIC`` that
 spans the whole run so far, so it gets more precise as the run goes on.
 
+The same extension holds, from Python 3.12, the ``sys.monitoring`` callbacks of
+the monitoring backend (:func:`monitor`): the interpreter calls them as C
+functions, so a monitored call runs no Python code of ours.
+
 ``TWINWEAVE_PURE_PYTHON=1`` in the environment, or an install without a C
 compiler, leaves everything on the pure-Python path.
 """
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from agent.stats import bucket_bounds, bucket_of
 
@@ -39,6 +43,13 @@ try:
         raise ImportError("TWINWEAVE_PURE_PYTHON is set")
     from agent import _speedups
 except ImportError:
+    _speedups = None
+if _speedups is not None and not hasattr(_speedups, "ticks"):
+    log.warning(
+        "twinweave: %s was built from an older agent/_speedups.c; ignoring it (pure-Python "
+        "path) until it is rebuilt (pip install -e . or setup.py build_ext --inplace)",
+        getattr(_speedups, "__file__", "agent._speedups"),
+    )
     _speedups = None
 
 
@@ -87,6 +98,44 @@ def entry(generator: bool) -> Any:
     if _speedups is None:
         raise RuntimeError("the C accelerator is not built")
     return _speedups.enter_raw if generator else _speedups.enter
+
+
+def monitor_available() -> bool:
+    """Whether the ``sys.monitoring`` callbacks in C exist here (the extension, Python 3.12+)."""
+    return _speedups is not None and bool(getattr(_speedups, "HAVE_MONITOR", 0))
+
+
+def monitor(
+    running: dict,
+    yielded: dict,
+    disable: Any,
+    failed: Any,
+    sweep: Any,
+    track_yields: bool,
+) -> Any:
+    """A new C ``Monitor`` (``agent/_speedups.c``) for ``agent.weaving.monitoring``, or None.
+
+    None when :func:`monitor_available` is false, or when another Monitor is live
+    (its per-thread stacks are not shared); the caller then uses its Python
+    callbacks. Its ``py_start``/``py_return``/``py_unwind``/``py_yield`` methods are
+    the ``sys.monitoring`` callbacks; ``add(code, target)`` registers code;
+    ``close()`` ends it.
+    """
+    if not monitor_available():
+        return None
+    try:
+        return _speedups.Monitor(running, yielded, disable, failed, sweep, track_yields)
+    except RuntimeError as exc:
+        log.debug("C monitor callbacks not used: %s", exc)
+        return None
+
+
+def _no_ticks() -> int:
+    raise RuntimeError("the C accelerator is not built")
+
+
+ticks: Callable[[], int] = _speedups.ticks if _speedups is not None else _no_ticks
+"""The C clock now, in ticks (the unit of a recorder's ``add``); the C function itself."""
 
 
 def ns_per_tick() -> float:

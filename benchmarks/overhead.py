@@ -398,15 +398,17 @@ def setup_twinweave_monitoring() -> Variant:
 
     The row that ``--backend auto`` is decided by: the same plugins as
     ``twinweave_timing``, with the calls reported by PEP 669 callbacks instead of
-    woven bytecode.
+    woven bytecode. Where the C accelerator is built, the callbacks are its C
+    functions and the probe's C recorder folds the durations, as on the bytecode
+    path; ``notes["c_callbacks"]`` says whether they ran.
     """
     from agent.weaving.monitoring import MonitoringBackend
 
     timing = TimingPlugin()
-    plugin_set = PluginSet([timing], accelerate=False)
+    plugin_set = PluginSet([timing])
     plugin_set.start(CONTEXT)
     probe = plugin_set.probe_for(BENCH_JOINPOINT)
-    assert probe is not None and probe.recorder is None
+    assert probe is not None and (probe.recorder is not None) == speedups.available()
     target = load_target()["f"]
     code = target.__code__.replace(co_name=target.__code__.co_name)  # a code object of its own
     fn = types.FunctionType(code, target.__globals__, "f")
@@ -426,6 +428,7 @@ def setup_twinweave_monitoring() -> Variant:
         plugin_set=plugin_set,
         timing=timing,
         probe=probe,
+        notes={"c_callbacks": backend.accelerated},
     )
 
 

@@ -44,6 +44,7 @@ HEADLINES: tuple[tuple[str, str, str, str], ...] = (
     ("weaving", "import_agent_unrelated", "ratio", "... agent on, pointcuts elsewhere"),
     ("weaving", "import_agent_nothing", "ratio", "... agent on, package named, nothing matched"),
     ("weaving", "import_agent_everything", "ratio", "... agent on, everything woven"),
+    ("weaving", "import_agent_everything_warm", "ratio", "... everything woven, code cache warm"),
     ("weaving", "weave_per_function_cold", "value", "weaving one function, cold"),
     ("weaving", "weave_per_function_warm", "value", "weaving one function, warm"),
     ("live", "twinweave_prometheus", "added+vs", "timing + prometheus plugin: ns added per call"),

@@ -53,14 +53,26 @@ Rows (pyperf benchmarks):
   the pointcuts, none is woven, and every function keeps the compiler's code object.
 * ``import_agent_everything``: a pointcut that matches every function of the package
   (``execution(* P..*(..))`` per prefix), with the ``timing`` plugin on: all of them
-  are woven on their way in (``Agent.weave_module``, called by the import hook).
-* ``weave_per_function_warm``: in a pyperf worker, a real agent with the
-  everything-pointcut and its timing plugin started weaves the package's module code
-  objects (read from the ``.pyc`` files) once, untimed, then again and again:
-  each value is one pass of ``Agent.weave_module`` (the call the import hook makes)
-  over every module of the package; pyperf divides by the functions woven per pass.
-  Matching results and probes are cached by then, the bytecode library is loaded:
-  what is left is walking the code and rewriting it.
+  are woven on their way in (``Agent.weave_module``, called by the import hook), with
+  an empty code cache (``agent.weaving.codecache``), so every module is woven and its
+  entry written: the first start-up after an install or an edit.
+* ``import_agent_everything_warm``: the same, with the code cache that one untimed
+  child of the same kind filled before (once per worker): every module was woven
+  before and is unchanged since, so its woven code comes from the cache and only its
+  probes are made and registered again. The usual start-up.
+* ``weave_per_function_warm``: "woven before, unchanged since", per function, in one
+  process: a real agent with the everything-pointcut and its timing plugin started
+  gets each module's code through the import hook's ``get_code`` (a fresh loader per
+  module, instrumented as the import hook does, with a code cache of its own) once,
+  untimed, which weaves the module and writes its entry; then again and again: each
+  value is one pass of those ``get_code`` calls over every module of the package,
+  each served from the cache; pyperf divides by the functions woven per pass.
+  Matching results and probes are cached in the process by then: what is left is
+  reading the entry, ``marshal``, and putting the probes' constants back.
+
+Every child with the agent gets ``AGENT_CODE_CACHE`` set to a folder of the run's own
+(an empty one per value except for the warm import row), so no entry from an earlier
+run or from beside the standard library's ``.pyc`` files is ever read.
 
 Derived in the summary, from the means of this run: ``import_added_*`` = the
 variant's import - ``import_agent_off`` (ratio = added / off), and
@@ -108,9 +120,11 @@ _REPO = os.path.dirname(_HERE)
 if _REPO not in sys.path:  # pyperf workers run this file directly: make `agent` importable
     sys.path.insert(0, _REPO)
 
+from agent.importer import instrument_loader  # noqa: E402
 from agent.plugins import AgentContext  # noqa: E402
 from agent.pointcuts import load as load_pointcuts  # noqa: E402
 from agent.runtime import Agent  # noqa: E402
+from agent.weaving.codecache import CodeCache  # noqa: E402
 from agent.weaving.rewrite import probe_of  # noqa: E402
 from benchmarks import weaving_child as child  # noqa: E402
 from benchmarks._pyperf import add_options, expand_quick, finish, mean_sem  # noqa: E402
@@ -126,8 +140,9 @@ IMPORTS = (
 """What the timed window imports: the large package is this and everything it pulls in."""
 
 CHILD = os.path.join(_HERE, "weaving_child.py")
-VARIANTS = ("off", "unrelated", "nothing", "everything")
-"""The agent-off child and the three pointcut files."""
+VARIANTS = ("off", "unrelated", "nothing", "everything", "everything_warm")
+"""The agent-off child, the three pointcut files, and the everything one with a filled cache."""
+WARM_VARIANT = "everything_warm"
 UNRELATED_MODULE = "twinweave_bench_unrelated"
 """The module the unrelated pointcut file names (no such module exists)."""
 NOTHING_NAME = "twinweave_matches_nothing"
@@ -138,6 +153,7 @@ IMPORT_ROWS = {
     "unrelated": "import_agent_unrelated",
     "nothing": "import_agent_nothing",
     "everything": "import_agent_everything",
+    WARM_VARIANT: "import_agent_everything_warm",
 }
 WARM_ROW = "weave_per_function_warm"
 DESCRIPTIONS = {
@@ -147,9 +163,11 @@ DESCRIPTIONS = {
     "import_agent_nothing": "agent on, pointcuts naming every module of the package but no "
     "function: all matched against, none woven",
     "import_agent_everything": "agent on, pointcuts matching every function of the package, "
-    "timing plugin: all woven",
-    WARM_ROW: "Agent.weave_module again over the same code objects, in a process that "
-    "already wove them, per function woven",
+    "timing plugin: all woven (empty code cache)",
+    "import_agent_everything_warm": "the same, every module woven before and unchanged since: "
+    "served from the code cache",
+    WARM_ROW: "the import hook's get_code again for modules woven before and unchanged since "
+    "(from the code cache), in a process that already wove them, per function woven",
 }
 """What each pyperf row measures (its metadata, and the start of its note in the summary)."""
 CHILD_TIMEOUT_S = 300.0
@@ -164,6 +182,8 @@ the whole package per value (a second or more), which is what bounds the time.
 DEFAULTS = {"processes": 10, "values": 3, "warmups": 0, "loops": 1}
 """The Runner's defaults here (see the module docstring): no calibration, no warm-up."""
 
+
+CACHE_SETTING = "AGENT_CODE_CACHE"
 
 _python = sys.executable
 """The children's interpreter: the workers' (pyperf's ``--python``, by default this one)."""
@@ -207,13 +227,22 @@ def child_command(
     return [_python, "-m", "agent.bootstrap", "--pointcuts", pointcuts, *args]
 
 
-def run_child(command: list[str]) -> str:
-    """Run one child to its end; its stdout. Raises :class:`ChildError` if it fails."""
+def run_child(command: list[str], cache: str | None = None) -> str:
+    """Run one child to its end; its stdout. Raises :class:`ChildError` if it fails.
+
+    ``cache``: the code cache folder of a child with the agent (``AGENT_CODE_CACHE``);
+    None: a new empty one, removed afterwards.
+    """
+    env = child_env()
+    if cache is None:
+        with tempfile.TemporaryDirectory(prefix="twinweave-codecache-") as empty:
+            return run_child(command, os.path.join(empty, "cache"))
+    env[CACHE_SETTING] = cache
     done = subprocess.run(
         command,
         capture_output=True,
         text=True,
-        env=child_env(),
+        env=env,
         cwd=_REPO,
         timeout=CHILD_TIMEOUT_S,
     )
@@ -293,7 +322,7 @@ class Spec:
             mode,
             self.imports,
             self.prelude if variant == "off" else (),
-            self.pointcuts.get(variant),
+            self.pointcuts.get("everything" if variant == WARM_VARIANT else variant),
         )
 
     def save(self, path: str) -> None:
@@ -306,9 +335,16 @@ class Spec:
             return cls(**json.load(stream))
 
 
-def report_of(command: list[str]) -> dict[str, Any]:
+def report_of(command: list[str], cache: str | None = None) -> dict[str, Any]:
     """Run one child in ``report`` mode (``command``) and return its JSON report."""
-    return json.loads(last_line(run_child(command)))
+    return json.loads(last_line(run_child(command, cache)))
+
+
+def filled_cache(spec: Spec, folder: str) -> str:
+    """A code cache folder under ``folder`` that an untimed everything child has filled."""
+    cache = os.path.join(folder, "cache")
+    run_child(spec.command("everything", "time"), cache)
+    return cache
 
 
 def new_modules(result: dict[str, Any]) -> list[str]:
@@ -348,11 +384,16 @@ def discover(workdir: str, imports: Sequence[str] = IMPORTS) -> Spec:
             stream.write(pointcut_file(variant, roots))
         pointcuts[variant] = path
     spec = Spec(list(imports), prelude, package, roots, pointcuts, {}, missing)
+    if "everything" in missing:
+        missing[WARM_VARIANT] = missing["everything"]
     for variant in VARIANTS:
         if variant in missing:
             continue
         try:
-            spec.reports[variant] = report_of(spec.command(variant, "report"))
+            cache = None
+            if variant == WARM_VARIANT:
+                cache = filled_cache(spec, tempfile.mkdtemp(prefix="warm-", dir=workdir))
+            spec.reports[variant] = report_of(spec.command(variant, "report"), cache)
         except ChildError as exc:
             missing[variant] = f"the child failed: {exc}"
     return spec
@@ -382,27 +423,47 @@ def get_spec() -> Spec:
     return _spec
 
 
+_warm_cache: str | None = None
+
+
 def time_import(loops: int, variant: str) -> float:
-    """pyperf's time function of an import row: ``loops`` fresh children, their window seconds."""
+    """pyperf's time function of an import row: ``loops`` fresh children, their window seconds.
+
+    Each child has an empty code cache, but the warm row's: that one is filled once per
+    worker, untimed, by an everything child.
+    """
+    global _warm_cache
     spec = get_spec()
     command = spec.command(variant, "time")
+    cache = None
+    if variant == WARM_VARIANT:
+        if _warm_cache is None:
+            folder = tempfile.mkdtemp(prefix="twinweave-codecache-")
+            atexit.register(shutil.rmtree, folder, True)
+            _warm_cache = filled_cache(spec, folder)
+        cache = _warm_cache
     total = 0.0
     for _ in range(loops):
-        total += float(last_line(run_child(command)))
+        total += float(last_line(run_child(command, cache)))
     return total
 
 
 @dataclass
 class Warm:
-    """The warm row's set-up: a started agent and the package's compiled module code objects."""
+    """The warm row's set-up: a started agent, the package's compiled module code objects,
+    and per module a loader instrumented as the import hook does, with a code cache."""
 
     agent: Agent
     codes: list[tuple[str, Any]]
     woven: int
     """Functions one pass of :func:`weave_pass` weaves."""
+    loaders: list[tuple[str, Any]]
+    cache: CodeCache
+    folder: str
 
     def close(self) -> None:
         self.agent.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _all_codes(code: Any) -> list[Any]:
@@ -418,31 +479,38 @@ def _all_codes(code: Any) -> list[Any]:
 def setup_warm(spec: Spec) -> Warm:
     """A real agent (everything-pointcut, timing plugin started) that has woven the package once.
 
-    The package is imported plainly here (no import hook in this process), each of
-    its modules' code is read from its ``.pyc`` by a fresh loader, and one untimed
-    pass of ``Agent.weave_module`` weaves them all, so matching results, probes and
-    the bytecode library are warm before the first value.
+    The package is imported plainly here (no import hook in this process). Each of
+    its modules gets a fresh loader of its own kind, instrumented as the import hook
+    instruments loaders, with a code cache in a new folder; one untimed pass of their
+    ``get_code`` weaves every module and writes its entry, so the cache, matching
+    results and probes are warm before the first value.
     """
     agent = Agent(load_pointcuts(spec.pointcuts["everything"]), "auto")
     agent.plugins.start(CONTEXT)
+    folder = tempfile.mkdtemp(prefix="twinweave-codecache-")
+    cache = CodeCache(agent.probe_for, os.path.join(folder, "cache"))
     for name in spec.imports:
         importlib.import_module(name)
-    codes = []
+    codes, loaders = [], []
     for name in spec.package:
         code = child.original_code(name)
-        if code is not None:
-            codes.append((name, code))
+        loader = child.fresh_loader(name)
+        if code is None or loader is None:
+            continue
+        codes.append((name, code))
+        instrument_loader(loader, agent.weave_module, cache)
+        loaders.append((name, loader))
     woven = 0
-    for name, code in codes:
-        result = agent.weave_module(code, (name,))
+    for name, loader in loaders:
+        result = loader.get_code(name)
         woven += sum(probe_of(c) is not None for c in _all_codes(result))
-    return Warm(agent, codes, woven)
+    return Warm(agent, codes, woven, loaders, cache, folder)
 
 
 def weave_pass(warm: Warm) -> list[Any]:
-    """One pass of the import hook's call over every module of the package; the woven codes."""
-    weave = warm.agent.weave_module
-    return [weave(code, (name,)) for name, code in warm.codes]
+    """One pass of the import hook's ``get_code`` over every module of the package (each
+    served from the code cache); the woven codes."""
+    return [loader.get_code(name) for name, loader in warm.loaders]
 
 
 _warm: Warm | None = None
@@ -467,11 +535,19 @@ def time_warm(loops: int) -> float:
             )
     clock = time.perf_counter
     total = 0.0
+    stats = _warm.cache.stats
+    hits = stats.hits
     for _ in range(loops):
         start = clock()
         kept = weave_pass(_warm)
         total += clock() - start
         del kept
+    # Every module that has an entry (all but those without functions) came from the cache.
+    if stats.hits - hits != loops * stats.written:
+        raise RuntimeError(
+            f"the code cache served {stats.hits - hits} modules of {loops * stats.written}: "
+            "the warm figure would not be the cached path"
+        )
     return total
 
 

@@ -27,8 +27,9 @@ the collector's counters at zero; what the import allocates, and collects, is it
 ``MODE`` ``report`` prints, as JSON after the window: the seconds, the modules the
 window imported (in import order) and, per module, its kind, its join points and
 whether its ``.pyc`` is cached; with the agent running, how many functions it wove
-during the window and what the imported functions now run (woven code, or code equal
-to what the compiler made). In ``report`` mode the agent's weaving step is wrapped by
+during the window, what the imported functions now run (woven code, or code equal
+to what the compiler made) and what its code cache did (``agent.weaving.codecache``:
+hits, misses, entries written). In ``report`` mode the agent's weaving step is wrapped by
 a counter before the window opens, so its figures are for counting, never for timing.
 
 The helpers below (:func:`original_code`, :func:`join_points`, :func:`functions_of`)
@@ -55,12 +56,8 @@ def split(names: str) -> list[str]:
 # -- helpers used after the timed window (and by weaving.py) ---------------------------------
 
 
-def original_code(name: str) -> object | None:
-    """The code of module ``name`` as the compiler made it (from its ``.pyc``), or None.
-
-    Read through a fresh loader of the module's own kind, never through the loader
-    the import system used: under the agent that one returns woven code.
-    """
+def fresh_loader(name: str) -> object | None:
+    """A new loader of the kind that loaded module ``name``, for its file; None for other kinds."""
     module = sys.modules.get(name)
     spec = getattr(module, "__spec__", None)
     origin = getattr(spec, "origin", None)
@@ -68,10 +65,20 @@ def original_code(name: str) -> object | None:
     if not isinstance(origin, str) or loader is None:
         return None
     if isinstance(loader, importlib.machinery.SourceFileLoader):
-        return importlib.machinery.SourceFileLoader(name, origin).get_code(name)
+        return importlib.machinery.SourceFileLoader(name, origin)
     if isinstance(loader, importlib.machinery.SourcelessFileLoader):
-        return importlib.machinery.SourcelessFileLoader(name, origin).get_code(name)
+        return importlib.machinery.SourcelessFileLoader(name, origin)
     return None
+
+
+def original_code(name: str) -> object | None:
+    """The code of module ``name`` as the compiler made it (from its ``.pyc``), or None.
+
+    Read through a fresh loader of the module's own kind, never through the loader
+    the import system used: under the agent that one returns woven code.
+    """
+    loader = fresh_loader(name)
+    return None if loader is None else loader.get_code(name)  # type: ignore[attr-defined]
 
 
 def kind_of(name: str) -> str:
@@ -232,6 +239,8 @@ def main(argv: list[str]) -> None:
     if agent is not None:
         report["joinpoints"] = len(agent.joinpoints())
         report["backend"] = agent.backend
+        cache = getattr(agent, "code_cache", None)
+        report["code_cache"] = cache.stats.as_dict() if cache is not None else None
     if counter is not None:
         report["woven"] = counter.woven
         report["weave_failed"] = counter.failed

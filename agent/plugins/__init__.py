@@ -424,8 +424,9 @@ class PluginSet:
         self, plugins: Sequence[Any], dispatcher: Dispatcher | None = None, accelerate: bool = True
     ) -> None:
         self.dispatcher = dispatcher if dispatcher is not None else Dispatcher()
-        # Whether timing-mode probes may be timed by the C accelerator: only code the
-        # bytecode backend wove calls it; the monitoring backend feeds the lists.
+        # Whether timing-mode probes may be timed by the C accelerator (a recorder that
+        # folds durations in C): woven code calls it on the bytecode backend, the C
+        # callbacks (or their Python fallback) on the monitoring backend.
         self.accelerate = accelerate
         self._members: list[_Member] = []
         used: dict[str, int] = {}

@@ -16,14 +16,26 @@ Theory of operation. :meth:`~MonitoringBackend.start` claims a free tool id.
 :meth:`~MonitoringBackend.register` enables ``PY_START`` and ``PY_RETURN`` as
 *local* events of one code object, so no other code pays for them.
 ``PY_UNWIND`` cannot be local before 3.15 (gh-142186), so it is enabled for
-the whole process and its callback first checks, with one dict lookup, that
-the code is ours. Each start stores a token (the start time, or
+the whole process and its callback first checks, with one lookup, that the
+code is ours. Each start stores a token (the start time, or
 :meth:`Probe.enter`'s result in steps mode) under the running frame, which
 ``sys._getframe(1)`` is inside a callback; the end event pops it again. Keying
 by frame pairs every end with its own start across recursion, threads and
 interleaved generators. The frame object itself is the key: holding it while
 the call runs costs nothing, and it keeps the key from being reused by
 another frame.
+
+Where the C accelerator is built (``agent/_speedups.c``, 3.12+), the callbacks
+are the methods of its ``Monitor`` (:func:`agent.speedups.monitor`): the
+interpreter calls C directly, and no Python frame runs per event. They do what
+the Python callbacks below do, with two shortcuts: an ordinary function's start
+time goes on a per-thread C stack keyed by the running interpreter frame (no
+frame object, no allocation), and a timing-mode probe with a C recorder
+(``Probe.recorder``) gets its durations folded in C as on the bytecode path.
+Generators, coroutines and steps mode keep their tokens in the same table of
+frames as the Python callbacks, so the sweep below serves both. The Python
+callbacks remain for interpreters without the extension (or
+``TWINWEAVE_PURE_PYTHON=1``), and give the same events and statistics.
 
 A generator can end without any event. Up to the fix of gh-140373, closing a
 generator (``close()``, or dropping it) that is suspended at a ``yield``
@@ -47,6 +59,7 @@ import types
 from types import CodeType, FrameType
 from typing import Any, Callable
 
+from agent import speedups
 from agent.events import Probe
 from agent.weaving.rewrite import message_param
 
@@ -76,9 +89,24 @@ class MonitoringUnavailable(RuntimeError):
 
 
 class _Target:
-    """What the callbacks need about one registered code object."""
+    """What the callbacks (Python or C) need about one registered code object.
 
-    __slots__ = ("code", "ok_append", "param", "probe", "steps", "suspendable")
+    In timing mode a token is a start time on ``clock``: C ticks when the probe
+    has a C recorder (durations go to ``recorder.add``), else
+    ``perf_counter_ns`` (durations go to ``ok_append``/``failed_append``).
+    """
+
+    __slots__ = (
+        "clock",
+        "code",
+        "failed_append",
+        "ok_append",
+        "param",
+        "probe",
+        "recorder",
+        "steps",
+        "suspendable",
+    )
 
     def __init__(self, code: CodeType, probe: Probe) -> None:
         self.code = code
@@ -87,6 +115,20 @@ class _Target:
         self.steps = probe.steps_mode
         self.suspendable = bool(code.co_flags & _SUSPENDABLE)
         self.ok_append = probe.ok_append
+        self.failed_append = probe.failed_append
+        self.recorder = None if self.steps else probe.recorder
+        self.clock: Callable[[], int] = _perf_ns if self.recorder is None else speedups.ticks
+
+    def timed(self, duration: int, exc: BaseException | None = None) -> None:
+        """A timing-mode call lasted ``duration`` (on ``clock``); ``exc`` left it, if any.
+
+        ``GeneratorExit`` is how a generator is closed early, not a failure.
+        """
+        failed = exc is not None and not isinstance(exc, GeneratorExit)
+        if self.recorder is not None:
+            self.recorder.add(duration, failed)
+        else:
+            (self.failed_append if failed else self.ok_append)(duration)
 
 
 def _claim_tool_id() -> int:
@@ -148,18 +190,25 @@ class MonitoringBackend:
         ...
         backend.stop()                                    # gives it back
 
-    Costs: a matched call makes two Python callbacks (start and end) and a frame
-    object; a generator run on an interpreter where :func:`close_is_silent`
-    also makes one per ``yield``. Every exception leaving any frame in the
-    process makes one callback that does a dict lookup. Registering code is
+    Costs: with the C callbacks, a matched call of an ordinary function makes two
+    C calls and allocates nothing (a generator or a steps-mode call also makes
+    its frame object); without them, two Python callbacks and a frame object.
+    A generator run on an interpreter where :func:`close_is_silent` also makes
+    one callback per ``yield``. Every exception leaving any frame in the
+    process makes one callback that does one lookup. Registering code is
     cheap; a sweep walks the garbage collector's objects once, and runs only
     when running calls pile up (see the module docstring).
+
+    ``accelerated=False`` keeps the Python callbacks even where the C ones
+    exist; :attr:`accelerated` says which ones a started backend uses.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, accelerated: bool = True) -> None:
         self.tool_id: int | None = None
         self.silent_close = False
         """Whether this interpreter closes some suspended generators without an event."""
+        self._want_c = accelerated
+        self._monitor: Any = None  # the C Monitor while started with it, else None
         self._targets: dict[int, _Target] = {}  # id(code) -> target; the target keeps code alive
         self._running: dict[FrameType, Any] = {}  # frame -> token of its call
         self._yielded: dict[FrameType, int] = {}  # frame -> time of its last yield
@@ -167,6 +216,16 @@ class MonitoringBackend:
         self._sweep_at = _SWEEP_MIN
         self._sweeping = threading.Lock()
         self._failed = False
+
+    @property
+    def accelerated(self) -> bool:
+        """Whether the callbacks running now are the C ones (False when stopped)."""
+        return self._monitor is not None
+
+    @property
+    def monitor(self) -> Any:
+        """The C ``Monitor`` in use (its event counters are read by tests), or None."""
+        return self._monitor
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -190,7 +249,23 @@ class MonitoringBackend:
             self._events = events.PY_START | events.PY_RETURN
             if self.silent_close:
                 self._events |= events.PY_YIELD
-            for event, callback in self._callbacks().items():
+            if self._want_c:
+                self._monitor = speedups.monitor(
+                    self._running,
+                    self._yielded,
+                    _mon.DISABLE,
+                    self._callback_failed,
+                    self._sweep_if_idle,
+                    self.silent_close,
+                )
+            if self._monitor is not None:
+                self._monitor.sweep_at = self._sweep_at
+                for target in self._targets.values():
+                    self._monitor.add(target.code, target)
+                callbacks = self._c_callbacks()
+            else:
+                callbacks = self._callbacks()
+            for event, callback in callbacks.items():
                 _mon.register_callback(tool_id, event, callback)
             _mon.set_events(tool_id, events.PY_UNWIND)
             self.tool_id = tool_id
@@ -200,7 +275,11 @@ class MonitoringBackend:
             self.tool_id = tool_id
             self.stop()
             raise
-        log.debug("sys.monitoring backend started with tool id %d", tool_id)
+        log.debug(
+            "sys.monitoring backend started with tool id %d (%s callbacks)",
+            tool_id,
+            "C" if self._monitor is not None else "Python",
+        )
 
     def register(self, code: CodeType, probe: Probe) -> CodeType:
         """Report the calls of ``code`` to ``probe``; returns ``code`` itself (``rewrite.Apply``).
@@ -209,7 +288,9 @@ class MonitoringBackend:
         before :meth:`start` is enabled when it runs.
         """
         if id(code) not in self._targets:
-            self._targets[id(code)] = _Target(code, probe)
+            target = self._targets[id(code)] = _Target(code, probe)
+            if self._monitor is not None:
+                self._monitor.add(code, target)
             if self.tool_id is not None:
                 _mon.set_local_events(self.tool_id, code, self._events)
         return code
@@ -232,6 +313,9 @@ class MonitoringBackend:
             _mon.register_callback(tool_id, event, None)
         _mon.free_tool_id(tool_id)
         self.tool_id = None
+        if self._monitor is not None:
+            self._monitor.close()  # no event reaches it any more; its stacked calls are dropped
+            self._monitor = None
         self.sweep()
         if self._running:
             log.debug("%d calls still running at stop are not recorded", len(self._running))
@@ -241,7 +325,8 @@ class MonitoringBackend:
     @property
     def in_flight(self) -> int:
         """How many calls have started and not ended (running or suspended)."""
-        return len(self._running)
+        monitor = self._monitor
+        return len(self._running) + (monitor.stacked if monitor is not None else 0)
 
     # -- generators that end without an event ---------------------------------------------
 
@@ -268,13 +353,13 @@ class MonitoringBackend:
                     frame = getattr(ref, attribute)
                     if frame is not None:
                         owned.add(id(frame))
-        now = _perf_ns()
+        now: dict[Callable[[], int], int] = {}  # clock -> its time now, read once
         count = 0
         for frame in suspects:
             if id(frame) in owned:
                 continue
             token = self._running.pop(frame, _MISSING)
-            end_ns = self._yielded.pop(frame, now)
+            end = self._yielded.pop(frame, None)
             target = self._targets.get(id(frame.f_code))
             if token is _MISSING or target is None:
                 continue
@@ -283,9 +368,15 @@ class MonitoringBackend:
                 # Not from inside the generator: keep the message context of
                 # whatever runs now out of it.
                 contextvars.Context().run(target.probe.leave, token)
-            else:
-                target.ok_append(end_ns - token)
+                continue
+            if end is None:
+                end = now.get(target.clock)
+                if end is None:
+                    end = now[target.clock] = target.clock()
+            target.timed(end - token)
         self._sweep_at = max(_SWEEP_MIN, 2 * len(self._running))
+        if self._monitor is not None:
+            self._monitor.sweep_at = self._sweep_at
         if count:
             log.debug("recorded %d generator calls that ended without an event", count)
         return count
@@ -300,13 +391,28 @@ class MonitoringBackend:
 
     # -- callbacks --------------------------------------------------------------------------
 
-    def _callback_failed(self) -> None:
+    def _callback_failed(self, exc: BaseException | None = None) -> None:
+        """Log, once, that a callback failed: ``exc`` (the C callbacks), else the one handled."""
         if not self._failed:
             self._failed = True
-            log.exception(
+            log.error(
                 "twinweave's sys.monitoring callback failed; the program goes on, "
-                "but some calls may be missing from the report (logged once)"
+                "but some calls may be missing from the report (logged once)",
+                exc_info=exc if exc is not None else True,
             )
+
+    def _c_callbacks(self) -> dict[int, Callable[..., Any]]:
+        """The C Monitor's callbacks, for the same events as :meth:`_callbacks`."""
+        events = _mon.events
+        monitor = self._monitor
+        callbacks: dict[int, Callable[..., Any]] = {
+            events.PY_START: monitor.py_start,
+            events.PY_RETURN: monitor.py_return,
+            events.PY_UNWIND: monitor.py_unwind,
+        }
+        if self.silent_close:
+            callbacks[events.PY_YIELD] = monitor.py_yield
+        return callbacks
 
     def _callbacks(self) -> dict[int, Callable[..., Any]]:
         """The event callbacks, as closures over local names (the cheapest lookups there are)."""
@@ -315,7 +421,6 @@ class MonitoringBackend:
         yielded = self._yielded
         track_yields = self.silent_close
         getframe = _getframe
-        perf_ns = _perf_ns
         disable = _mon.DISABLE
         missing = _MISSING
         failed = self._callback_failed
@@ -334,17 +439,17 @@ class MonitoringBackend:
                     arg = None if param is None else frame.f_locals.get(param)
                     running[frame] = target.probe.enter(arg)
                 else:
-                    running[frame] = perf_ns()
+                    running[frame] = target.clock()
             except Exception:
                 failed()
             return None
 
         def on_return(code: CodeType, offset: int, value: Any) -> Any:
-            end_ns = perf_ns()
             try:
                 target = targets.get(id(code))
                 if target is None:
                     return disable
+                end = target.clock()
                 frame = getframe(1)
                 token = running.pop(frame, missing)
                 if token is missing:  # started before it was registered
@@ -353,8 +458,10 @@ class MonitoringBackend:
                     yielded.pop(frame, None)
                 if target.steps:
                     target.probe.leave(token)
+                elif target.recorder is None:
+                    target.ok_append(end - token)
                 else:
-                    target.ok_append(end_ns - token)
+                    target.recorder.add(end - token)
             except Exception:
                 failed()
             return None
@@ -366,6 +473,7 @@ class MonitoringBackend:
                 target = targets.get(id(code))
                 if target is None:
                     return
+                end = target.clock()
                 frame = getframe(1)
                 token = running.pop(frame, missing)
                 if token is missing:
@@ -375,18 +483,19 @@ class MonitoringBackend:
                 if target.steps:
                     target.probe.fail(token, exc)
                 else:
-                    target.probe.fail_timed(token, exc)
+                    target.timed(end - token, exc)
             except Exception:
                 failed()
 
         def on_yield(code: CodeType, offset: int, value: Any) -> Any:
-            end_ns = perf_ns()
             try:
-                if id(code) not in targets:
+                target = targets.get(id(code))
+                if target is None:
                     return disable
+                end = target.clock()
                 frame = getframe(1)
                 if frame in running:
-                    yielded[frame] = end_ns
+                    yielded[frame] = end
             except Exception:
                 failed()
             return None

@@ -51,6 +51,9 @@ Resolver = Callable[[CodeType, str], Optional[Probe]]
 """Given a function's code object and its ``__qualname__``, the probe to weave in, or None."""
 Apply = Callable[[CodeType, Probe], CodeType]
 """What a backend does to a matched function's code: returns the code to run."""
+Layout = tuple[str, Optional[str]]
+"""What the woven instructions of a function depend on besides its code: the probe's mode
+(``templates.MODES``) and the parameter passed to :meth:`Probe.enter` (or None)."""
 
 _BLOCK_SETUPS = ("SETUP_FINALLY", "SETUP_WITH", "SETUP_ASYNC_WITH")
 
@@ -74,13 +77,22 @@ def is_join_point(code: CodeType) -> bool:
     return not name.startswith("<") or name == "<lambda>"
 
 
-_woven: dict[int, tuple[weakref.ref[CodeType], Probe]] = {}
-"""Woven code objects (by id, with a weak reference to tell a reused id) and their probes."""
+Slots = tuple[tuple[int, str], ...]
+"""``(index in co_consts, slot name)`` of the probe's constants in woven code (``templates``)."""
+
+_woven: dict[int, tuple[weakref.ref[CodeType], Probe, Slots, Layout]] = {}
+"""Woven code objects (by id, with a weak reference to tell a reused id), their probes,
+where the probe's constants sit in ``co_consts``, and the :func:`layout` they were woven for."""
 
 
-def _register(code: CodeType, probe: Probe) -> None:
+def register(code: CodeType, probe: Probe, slots: Slots = (), layout: Layout | None = None) -> None:
+    """Record ``code`` as woven for ``probe`` (the code cache calls it for code it restores)."""
     key = id(code)
-    _woven[key] = (weakref.ref(code, lambda _ref: _woven.pop(key, None)), probe)
+    ref = weakref.ref(code, lambda _ref: _woven.pop(key, None))
+    _woven[key] = (ref, probe, slots, layout if layout is not None else ("", None))
+
+
+_register = register
 
 
 def probe_of(code: CodeType) -> Probe | None:
@@ -88,6 +100,14 @@ def probe_of(code: CodeType) -> Probe | None:
     entry = _woven.get(id(code))
     if entry is not None and entry[0]() is code:
         return entry[1]
+    return None
+
+
+def woven_details(code: CodeType) -> tuple[Probe, Slots, Layout] | None:
+    """For woven code: its probe, the slots of the probe's constants, and its layout."""
+    entry = _woven.get(id(code))
+    if entry is not None and entry[0]() is code:
+        return entry[1], entry[2], entry[3]
     return None
 
 
@@ -177,9 +197,11 @@ def message_param(code: CodeType, probe: Probe) -> str | None:
     return name
 
 
-def _param_loader(code: CodeType, probe: Probe) -> list[Instr]:
+def layout(code: CodeType, probe: Probe) -> Layout:
+    """The :data:`Layout` ``code`` is woven in for ``probe`` (warns as :func:`message_param`)."""
     name = message_param(code, probe)
-    return templates.load_param(name, name in code.co_cellvars)
+    mode = templates.mode_of(probe)
+    return mode, name if mode == "steps" else None
 
 
 def weave_code(code: CodeType, probe: Probe) -> CodeType:
@@ -204,8 +226,10 @@ def weave_code(code: CodeType, probe: Probe) -> CodeType:
     start = _body_start(items)
     handler = Label()
     out: list[object] = items[:start]
-    generator = bool(code.co_flags & _SUSPENDING)
-    prologue = templates.entry(probe, _param_loader(code, probe), generator)
+    kit = templates.Kit(probe, bool(code.co_flags & _SUSPENDING))
+    shape = layout(code, probe)
+    param = shape[1]
+    prologue = templates.entry(kit, templates.load_param(param, param in code.co_cellvars))
     if not env.EXCEPTION_TABLE:
         prologue += templates.open_block(handler)
     if not env.EXCEPTION_TABLE:
@@ -247,7 +271,7 @@ def weave_code(code: CodeType, probe: Probe) -> CodeType:
                 if item.name == "RETURN_CONST":
                     out.append(Instr("LOAD_CONST", item.arg, location=item.location))
                     item = Instr("RETURN_VALUE", location=item.location)
-                out += templates.located(templates.before_return(probe), item)
+                out += templates.located(templates.before_return(kit), item)
                 out.append(item)
                 continue
             if item.name == "YIELD_VALUE" and env.YIELD_VALUE_DEPTH and item.arg == 1:
@@ -260,20 +284,24 @@ def weave_code(code: CodeType, probe: Probe) -> CodeType:
         out.append(item)
     close()
     out.append(handler)
-    out += templates.handler(probe)
+    out += templates.handler(kit)
     bc.clear()
     bc.extend(out)
+    # The stack size from the original's plus what the templates add (templates.EXTRA_STACK):
+    # the library's own stack analysis builds a control-flow graph of the whole function,
+    # a quarter of the weaving time.
+    stacksize = code.co_stacksize + templates.EXTRA_STACK
     try:
         if env.EXCEPTION_TABLE:
             # Depths as set above: the library's own recomputation takes the lowest
             # stack inside each range, which is wrong for some nested handlers
             # (a `raise` in a `finally` in an `except`) and for ranges that hold a return.
-            woven = bc.to_code(compute_exception_stack_depths=False)
+            woven = bc.to_code(stacksize=stacksize, compute_exception_stack_depths=False)
         else:
-            woven = bc.to_code()
+            woven = bc.to_code(stacksize=stacksize)
     except Exception as exc:
         raise WeaveError(f"cannot assemble the woven bytecode: {exc}") from exc
     if woven.co_flags != code.co_flags:
         woven = woven.replace(co_flags=code.co_flags)
-    _register(woven, probe)
+    register(woven, probe, kit.slots_in(woven.co_consts), shape)
     return woven

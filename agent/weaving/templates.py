@@ -15,6 +15,12 @@ Three templates per interpreter family:
 * ``handler``: the catch-all handler around the body, which records the failure
   and re-raises the exception untouched (same traceback, no extra entry).
 
+Every object the templates load as a constant that is not a literal (the probe's
+bound methods, the C accelerator's functions, the clock, ``type``) comes from one
+:class:`Kit` per woven function, under a slot name (:data:`SLOTS`). The code cache
+(``agent.weaving.codecache``) stores woven code with those constants replaced by
+their slot names, and fills them in again from a new kit of the same mode.
+
 The handler differs most. With an exception table (3.11+) the handler starts with
 ``[token, lasti, exc]`` and ends in ``RERAISE 1``, which restores the frame's
 line to where the exception came from. With blocks (3.9, 3.10) it starts with
@@ -101,22 +107,73 @@ def load_param(name: str | None, cell: bool) -> list[Instr]:
     return [_i("LOAD_FAST", name)]
 
 
-def entry(probe: Probe, param: list[Instr], generator: bool) -> list[Instr]:
+MODES = ("steps", "c", "python")
+"""How a probe's calls are recorded, which decides the instructions: :meth:`Probe.enter` and
+:meth:`Probe.leave` (steps), the C recorder (c), or the clock and list appends inline (python)."""
+
+SLOTS = {
+    "steps": ("enter", "leave", "fail"),
+    "c": ("entry", "leave", "fail"),
+    "python": ("clock", "ok_append", "choose", "failed_append", "type", "exc_info"),
+}
+"""The non-literal constants of each mode, by name (``exc_info`` only before 3.11)."""
+
+
+def mode_of(probe: Probe) -> str:
+    """The :data:`MODES` entry ``probe`` is woven in."""
+    if probe.steps_mode:
+        return "steps"
+    return "c" if probe.recorder is not None else "python"
+
+
+class Kit:
+    """The constants one woven function's templates load, by slot name (see :data:`SLOTS`)."""
+
+    __slots__ = ("mode", "values")
+
+    def __init__(self, probe: Probe, generator: bool) -> None:
+        self.mode = mode_of(probe)
+        values: dict[str, Any]
+        if self.mode == "steps":
+            values = {"enter": probe.enter, "leave": probe.leave, "fail": probe.fail}
+        elif self.mode == "c":
+            recorder = probe.recorder
+            values = {
+                "entry": speedups.entry(generator),
+                "leave": recorder.leave,
+                "fail": recorder.fail,
+            }
+        else:
+            choose, failed_append = _inline_failure(probe)
+            values = {
+                "clock": _clock,
+                "ok_append": probe.ok_append,
+                "choose": choose,
+                "failed_append": failed_append,
+                "type": type,
+            }
+            if not env.EXCEPTION_TABLE:
+                values["exc_info"] = sys.exc_info
+        self.values = values
+
+    def slots_in(self, consts: tuple[Any, ...]) -> tuple[tuple[int, str], ...]:
+        """``(index, slot name)`` of every constant in ``consts`` that is one of this kit's."""
+        by_id = {id(value): name for name, value in self.values.items()}
+        return tuple(
+            (index, by_id[id(const)])
+            for index, const in enumerate(consts)
+            if id(const) in by_id and self.values[by_id[id(const)]] is const
+        )
+
+
+def entry(kit: Kit, param: list[Instr]) -> list[Instr]:
     """Push the token; the caller opens the protected region right after."""
-    if probe.steps_mode:
-        return _push(probe.enter) + param + _call(1)
-    if probe.recorder is not None:
-        return _push(speedups.entry(generator)) + _call(0)
-    return _push(_clock) + _call(0)
-
-
-def _leave(probe: Probe) -> Any:
-    """What consumes the token at a normal exit, unless timing inline (None)."""
-    if probe.steps_mode:
-        return probe.leave
-    if probe.recorder is not None:
-        return probe.recorder.leave
-    return None
+    values = kit.values
+    if kit.mode == "steps":
+        return _push(values["enter"]) + param + _call(1)
+    if kit.mode == "c":
+        return _push(values["entry"]) + _call(0)
+    return _push(values["clock"]) + _call(0)
 
 
 def open_block(handler: Label) -> list[Instr]:
@@ -124,9 +181,10 @@ def open_block(handler: Label) -> list[Instr]:
     return [_i("SETUP_FINALLY", handler)]
 
 
-def before_return(probe: Probe) -> list[Instr]:
+def before_return(kit: Kit) -> list[Instr]:
     """``[token, value]`` -> ``[value]``, recording a normal exit."""
-    leave = _leave(probe)
+    values = kit.values
+    leave = values["leave"] if kit.mode != "python" else None
     if env.EXCEPTION_TABLE:
         if leave is not None:
             # [tok, v, <leave>] tok is 4 deep (the pushed callable takes two slots)
@@ -134,8 +192,8 @@ def before_return(probe: Probe) -> list[Instr]:
         else:
             # [t0, v, <append>, now]: t0 is 5 deep
             body = (
-                _push(probe.ok_append)
-                + _push(_clock)
+                _push(values["ok_append"])
+                + _push(values["clock"])
                 + _call(0)
                 + [_i("COPY", 5), _subtract()]
                 + _call(1)
@@ -146,9 +204,14 @@ def before_return(probe: Probe) -> list[Instr]:
         body = [_i("LOAD_CONST", leave), _i("ROT_TWO")] + _call(1)
     else:
         body = (
-            [_i("LOAD_CONST", _clock)]
+            [_i("LOAD_CONST", values["clock"])]
             + _call(0)
-            + [_i("ROT_TWO"), _subtract(), _i("LOAD_CONST", probe.ok_append), _i("ROT_TWO")]
+            + [
+                _i("ROT_TWO"),
+                _subtract(),
+                _i("LOAD_CONST", values["ok_append"]),
+                _i("ROT_TWO"),
+            ]
             + _call(1)
         )
     return prologue + body + [_i("POP_TOP")]
@@ -163,18 +226,17 @@ def _inline_failure(probe: Probe) -> tuple[Any, Any]:
     return {GeneratorExit: probe.ok_append}.get, probe.failed_append
 
 
-def _record_failure_blocks(probe: Probe) -> list[Instr]:
+def _record_failure_blocks(kit: Kit) -> list[Instr]:
     """3.9/3.10: record the failure of the call whose token is on top (consumed)."""
-    if probe.steps_mode or probe.recorder is not None:
-        fail = probe.fail if probe.steps_mode else probe.recorder.fail
-        return [_i("LOAD_CONST", fail), _i("ROT_TWO")] + _call(1) + [_i("POP_TOP")]
-    choose, failed_append = _inline_failure(probe)
+    values = kit.values
+    if kit.mode != "python":
+        return [_i("LOAD_CONST", values["fail"]), _i("ROT_TWO")] + _call(1) + [_i("POP_TOP")]
     return (
-        [_i("LOAD_CONST", choose), _i("LOAD_CONST", sys.exc_info)]
+        [_i("LOAD_CONST", values["choose"]), _i("LOAD_CONST", values["exc_info"])]
         + _call(0)
-        + [_i("LOAD_CONST", 0), _i("BINARY_SUBSCR"), _i("LOAD_CONST", failed_append)]
+        + [_i("LOAD_CONST", 0), _i("BINARY_SUBSCR"), _i("LOAD_CONST", values["failed_append"])]
         + _call(2)  # [t0, append]
-        + [_i("ROT_TWO"), _i("LOAD_CONST", _clock)]
+        + [_i("ROT_TWO"), _i("LOAD_CONST", values["clock"])]
         + _call(0)
         + [_i("ROT_TWO"), _subtract()]
         + _call(1)
@@ -182,27 +244,26 @@ def _record_failure_blocks(probe: Probe) -> list[Instr]:
     )
 
 
-def handler(probe: Probe) -> list[Instr]:
+def handler(kit: Kit) -> list[Instr]:
     """The catch-all handler: record the failure, re-raise the same exception."""
+    values = kit.values
     if env.EXCEPTION_TABLE:
         # [tok, lasti, exc]
-        if probe.steps_mode or probe.recorder is not None:
-            fail = probe.fail if probe.steps_mode else probe.recorder.fail
+        if kit.mode != "python":
             # [tok, lasti, exc, <fail>]: tok is 5 deep, then exc is 4 deep.
-            record = _push(fail) + [_i("COPY", 5), _i("COPY", 4)] + _call(2)
+            record = _push(values["fail"]) + [_i("COPY", 5), _i("COPY", 4)] + _call(2)
         else:
-            choose, failed_append = _inline_failure(probe)
             # append = choose(type(exc), failed_append); append(clock() - tok)
             null_under = [_i("PUSH_NULL"), _i("SWAP", 2)] if env.NULL_BEFORE_CALLABLE else []
             record = (
-                _push(choose)
-                + _push(type)
+                _push(values["choose"])
+                + _push(values["type"])
                 + [_i("COPY", 5)]
                 + _call(1)
-                + [_i("LOAD_CONST", failed_append)]
+                + [_i("LOAD_CONST", values["failed_append"])]
                 + _call(2)  # [tok, lasti, exc, append]
                 + (null_under or [_i("PUSH_NULL")])
-                + _push(_clock)
+                + _push(values["clock"])
                 + _call(0)
                 + [_i("COPY", 6), _subtract()]
                 + _call(1)
@@ -214,12 +275,23 @@ def handler(probe: Probe) -> list[Instr]:
         return (
             [_i("ROT_N", 7)] * 6
             + [_i("DUP_TOP")]
-            + _record_failure_blocks(probe)
+            + _record_failure_blocks(kit)
             + [_i("ROT_N", 7), _i("RERAISE", 1)]
         )
     return (
         [_i("POP_TOP")] * 3
         + [_i("ROT_FOUR")] * 3  # [ptb, pval, ptype, tok]
-        + _record_failure_blocks(probe)
+        + _record_failure_blocks(kit)
         + [_i("RAISE_VARARGS", 0)]
     )
+
+
+EXTRA_STACK = 10
+"""At least what the templates add to a function's deepest stack, so ``co_stacksize`` is
+set without the library's stack analysis (a whole control-flow graph per function).
+
+The body runs one deeper (the token); a return's epilogue holds at most five more
+(3.11+: a callable with its NULL twice, or a copy of the token); the handler, which
+starts from the token alone, peaks at ten values on 3.9/3.10 (the token, the six a
+block handler pushes, the choosing call and its argument) and at eight from 3.11.
+Overestimating costs a few slots of frame, underestimating would corrupt it."""

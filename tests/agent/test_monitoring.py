@@ -1,12 +1,16 @@
 """Tests for agent.weaving.monitoring: the sys.monitoring backend, held to the bytecode backend.
 
-Most tests run twice, once per backend (the ``weaver`` fixture), and expect the
-same counts from both: that is the contract the monitoring backend must meet.
+Most tests run three times (the ``weaver`` fixture): the monitoring backend with
+its C callbacks where the accelerator is built, the same backend with its
+pure-Python callbacks, and the bytecode backend; they expect the same counts
+from all: that is the contract the monitoring backend must meet. Tests of the
+backend alone (the ``backend`` fixture) run with both kinds of callbacks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import logging
 import sys
@@ -19,6 +23,7 @@ from typing import Any, Callable
 
 import pytest
 
+from agent import speedups
 from agent.events import JoinPoint, Probe, Step
 from agent.weaving.monitoring import MonitoringBackend, MonitoringUnavailable
 from agent.weaving.rewrite import weave_code, weave_tree
@@ -62,9 +67,10 @@ class Weaver:
         self.backend: MonitoringBackend | None = None
         self._swapped: list[tuple[FunctionType, Any]] = []
         self.began = time.perf_counter_ns()
-        if kind == "monitoring":
-            self.backend = MonitoringBackend()
+        if kind.startswith("monitoring"):
+            self.backend = MonitoringBackend(accelerated=kind == "monitoring")
             self.backend.start()
+            assert self.backend.accelerated == (kind == "monitoring" and C_CALLBACKS)
 
     def weave(
         self, fn: FunctionType, message_id: str | None = None, steps: list | None = None
@@ -96,7 +102,12 @@ class Weaver:
             fn.__code__ = code
 
 
-@pytest.fixture(params=["monitoring", "bytecode"])
+C_CALLBACKS = speedups.monitor_available()
+"""Whether the C callbacks exist here: the "monitoring" weaver then runs them."""
+KINDS = ("monitoring", "monitoring-python", "bytecode")
+
+
+@pytest.fixture(params=KINDS)
 def weaver(request: pytest.FixtureRequest) -> Iterator[Weaver]:
     w = Weaver(request.param)
     try:
@@ -105,10 +116,11 @@ def weaver(request: pytest.FixtureRequest) -> Iterator[Weaver]:
         w.close()
 
 
-@pytest.fixture
-def backend() -> Iterator[MonitoringBackend]:
-    b = MonitoringBackend()
+@pytest.fixture(params=[True, False], ids=["c-callbacks", "python-callbacks"])
+def backend(request: pytest.FixtureRequest) -> Iterator[MonitoringBackend]:
+    b = MonitoringBackend(accelerated=request.param)
     b.start()
+    assert b.accelerated == (request.param and C_CALLBACKS)
     try:
         yield b
     finally:
@@ -485,9 +497,15 @@ class TestSteps:
     def test_generator_closed_silently_still_makes_a_step(self, weaver: Weaver) -> None:
         steps: list[Step] = []
         weaver.weave(stream, "message.unique_id", steps)
-        gen = stream(Message("closed"))
-        next(gen)
-        gen.close()
+
+        def run() -> None:
+            gen = stream(Message("closed"))
+            next(gen)
+            gen.close()
+
+        # in a context of its own: on 3.13.0 a generator closed silently (gh-140373) leaves
+        # its message set in the context that ran it (a known defect, see issue 13's note)
+        contextvars.copy_context().run(run)
         weaver.settle()
         assert [(s.message_id, s.failed) for s in steps] == [("closed", None)]
         assert 0 <= steps[0].duration_ns <= time.perf_counter_ns() - weaver.began
@@ -525,7 +543,7 @@ _COMPARED = (add, recovers, factorial, dive, numbers, guarded_numbers, fetch, fe
 
 def test_same_counts_as_the_bytecode_backend() -> None:
     results = {}
-    for kind in ("monitoring", "bytecode"):
+    for kind in KINDS:
         w = Weaver(kind)
         try:
             probes = [w.weave(fn) for fn in _COMPARED]
@@ -535,6 +553,7 @@ def test_same_counts_as_the_bytecode_backend() -> None:
             w.close()
         results[kind] = {p.joinpoint.name: counts(p) for p in probes}
     assert results["monitoring"] == results["bytecode"]
+    assert results["monitoring-python"] == results["bytecode"]
     assert results["bytecode"]["dive"] == (0, 3)
     assert results["bytecode"]["numbers"] == (3, 0)
 
@@ -671,3 +690,306 @@ def test_a_failing_callback_never_reaches_user_code(
         assert [add(1, 2), add(2, 3)] == [3, 5]
     assert len(caplog.records) == 1
     assert "logged once" in caplog.records[0].getMessage()
+
+
+# -- the C callbacks against the Python ones ------------------------------------------------------
+
+needs_c = pytest.mark.skipif(
+    not C_CALLBACKS, reason="the C accelerator (3.12+ build of agent._speedups) is not built here"
+)
+
+
+def reentrant(n: int, hook: Callable[[], None] | None) -> int:
+    if hook is not None:
+        hook()
+    return n if n == 0 else reentrant(n - 1, None)
+
+
+def depth(n: int) -> int:
+    return 0 if n == 0 else 1 + depth(n - 1)
+
+
+def recorder_probe(name: str) -> Probe:
+    return Probe(JoinPoint("test", "custom", name), recorder=speedups.recorder())
+
+
+def _statistics(accelerated: bool) -> dict[str, Any]:
+    """What one scenario gives each kind of probe (lists, C recorder, steps) on one backend."""
+    backend = MonitoringBackend(accelerated=accelerated)
+    backend.start()
+    steps: list[Step] = []
+    try:
+        listed = {fn.__name__: make_probe(fn.__qualname__) for fn in _COMPARED}
+        for fn in _COMPARED:
+            backend.register(fn.__code__, listed[fn.__name__])
+        _scenario()
+        backend.sweep()
+        result: dict[str, Any] = {"lists": {n: counts(p) for n, p in listed.items()}}
+        assert backend.in_flight == 0
+    finally:
+        backend.stop()
+    if speedups.available():
+        backend = MonitoringBackend(accelerated=accelerated)
+        backend.start()
+        try:
+            recorded = {fn.__name__: recorder_probe(fn.__qualname__) for fn in _COMPARED}
+            for fn in _COMPARED:
+                backend.register(fn.__code__, recorded[fn.__name__])
+            _scenario()
+            backend.sweep()
+        finally:
+            backend.stop()
+        result["recorders"] = {}
+        for name, probe in recorded.items():
+            summary = speedups.summary(probe.recorder)
+            result["recorders"][name] = (0, 0) if summary is None else (summary.ok, summary.failed)
+    backend = MonitoringBackend(accelerated=accelerated)
+    backend.start()
+    try:
+        for fn, name in ((Flow.on_message, "on_message"), (stream, "stream")):
+            backend.register(fn.__code__, make_probe(name, "message.unique_id", steps))
+        flow = Flow()
+        flow.on_message(Message("a"))
+        with pytest.raises(ValueError):
+            flow.on_message(Message("bad"))
+        first = stream(Message("s1"))
+        next(first)
+        list(stream(Message("s2")))
+        first.close()
+        backend.sweep()
+    finally:
+        backend.stop()
+    result["steps"] = [(s.name, s.message_id, s.failed, s.order) for s in steps]
+    return result
+
+
+@needs_c
+def test_c_and_python_callbacks_give_the_same_statistics() -> None:
+    # Each in a fresh context: a generator closed silently (gh-140373) leaves its message
+    # context set in the context that started it, and the other run would continue it.
+    c = contextvars.Context().run(_statistics, True)
+    python = contextvars.Context().run(_statistics, False)
+    assert c == python
+    assert c["lists"]["dive"] == (0, 3) and c["lists"]["numbers"] == (3, 0)
+    assert c["recorders"] == c["lists"]  # the C recorder counts what the lists count
+    assert c["steps"] == [
+        ("on_message", "a", None, 0),
+        ("on_message", "bad", "ValueError", 0),
+        ("stream", "s2", None, 0),
+        ("stream", "s1", None, 0),
+    ]
+
+
+@needs_c
+def test_the_callbacks_are_c_functions_of_the_monitor() -> None:
+    backend = MonitoringBackend()
+    backend.start()
+    try:
+        assert backend.accelerated and backend.monitor is not None
+        mon = sys.monitoring
+        for event in (mon.events.PY_START, mon.events.PY_RETURN, mon.events.PY_UNWIND):
+            callback = mon.register_callback(backend.tool_id, event, None)
+            mon.register_callback(backend.tool_id, event, callback)  # put it back
+            assert type(callback).__name__ == "builtin_function_or_method"
+            assert callback.__self__ is backend.monitor
+        probe = recorder_probe("add")
+        backend.register(add.__code__, probe)
+        add(1, 2)
+        assert (backend.monitor.starts, backend.monitor.returns) == (1, 1)
+    finally:
+        backend.stop()
+    summary = speedups.summary(probe.recorder)
+    assert summary is not None and (summary.ok, summary.failed) == (1, 0)
+    assert backend.monitor is None and not backend.accelerated
+
+
+@needs_c
+def test_one_c_monitor_at_a_time_the_second_backend_uses_python() -> None:
+    first, second = MonitoringBackend(), MonitoringBackend()
+    first.start()
+    try:
+        second.start()
+        try:
+            assert first.accelerated and not second.accelerated
+            p1, p2 = make_probe("add"), make_probe("factorial")
+            first.register(add.__code__, p1)
+            second.register(factorial.__code__, p2)
+            add(1, 1)
+            factorial(3)
+            assert (counts(p1), counts(p2)) == ((1, 0), (3, 0))
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+    third = MonitoringBackend()
+    third.start()  # the C monitor is free again
+    try:
+        assert third.accelerated
+    finally:
+        third.stop()
+
+
+def test_local_events_only_on_registered_code(backend: MonitoringBackend) -> None:
+    mon = sys.monitoring
+    events = mon.events
+    backend.register(add.__code__, make_probe("add"))
+    backend.register(numbers.__code__, make_probe("numbers"))
+    expected = events.PY_START | events.PY_RETURN
+    if backend.silent_close:
+        expected |= events.PY_YIELD
+    tool = backend.tool_id
+    assert mon.get_local_events(tool, add.__code__) == expected
+    assert mon.get_local_events(tool, numbers.__code__) == expected
+    for other in (factorial, boom, recovers, delegating):
+        assert mon.get_local_events(tool, other.__code__) == events.NO_EVENTS
+    assert mon.get_events(tool) == events.PY_UNWIND  # the one global event (gh-142186)
+    backend.stop()
+    assert mon.get_local_events(tool, add.__code__) == events.NO_EVENTS
+
+
+def test_a_function_not_profiled_is_not_called_back(backend: MonitoringBackend) -> None:
+    """Spy on the backend's own callbacks: only registered code reaches PY_START/PY_RETURN."""
+    mon = sys.monitoring
+    events = mon.events
+    seen: list[tuple[str, str]] = []
+    originals = {}
+
+    def spy(event: int, label: str) -> None:
+        original = mon.register_callback(backend.tool_id, event, None)
+        originals[event] = original
+
+        def counting(code: Any, *rest: Any) -> Any:
+            seen.append((label, code.co_name))
+            return original(code, *rest)
+
+        mon.register_callback(backend.tool_id, event, counting)
+
+    probe = make_probe("add")
+    backend.register(add.__code__, probe)
+    spy(events.PY_START, "start")
+    spy(events.PY_RETURN, "return")
+    try:
+        for _ in range(50):
+            factorial(3)
+            recovers()
+        add(1, 2)
+    finally:
+        for event, original in originals.items():
+            mon.register_callback(backend.tool_id, event, original)
+    assert seen == [("start", "add"), ("return", "add")]
+    # (The spy is a frame of its own, so the call it relayed need not pair up: count anew.)
+    before = counts(probe)
+    factorial(3)
+    add(1, 2)
+    assert counts(probe) == (before[0] + 1, 0)
+    if backend.monitor is not None:
+        # The C side saw no local event of other code either (those would be misses).
+        assert backend.monitor.misses == 0
+        unwinds = backend.monitor.unwinds
+        for _ in range(20):
+            recovers()  # boom's exceptions leave boom's frame: a global event, not ours
+        assert backend.monitor.unwinds == unwinds
+
+
+def test_recursion_deeper_than_the_c_stack(backend: MonitoringBackend) -> None:
+    probe = make_probe("depth")
+    backend.register(depth.__code__, probe)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 3000))
+    try:
+        assert depth(600) == 600  # more than the C stack's 256 entries per thread
+        with pytest.raises(RecursionError):
+            depth(10**6)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert len(probe.ok) == 601
+    assert probe.ok == sorted(probe.ok)  # each outer call contains the inner ones
+    assert len(probe.failed) > 256 and probe.failed == sorted(probe.failed)
+    assert backend.in_flight == 0
+
+
+def test_a_call_started_before_registration_is_not_recorded(backend: MonitoringBackend) -> None:
+    probe = make_probe("reentrant")
+    assert reentrant(2, lambda: backend.register(reentrant.__code__, probe)) == 0
+    assert counts(probe) == (2, 0)  # the two inner calls; the outer one started unseen
+    assert backend.in_flight == 0
+
+
+def test_threads_timing_mode_exact_counts(backend: MonitoringBackend) -> None:
+    probe = make_probe("factorial")
+    backend.register(factorial.__code__, probe)
+    barrier = threading.Barrier(3)
+
+    def work() -> None:
+        barrier.wait()
+        for _ in range(500):
+            factorial(4)
+            time.sleep(0)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert counts(probe) == (3 * 500 * 4, 0)
+    assert backend.in_flight == 0
+
+
+def test_stop_drops_calls_in_flight_and_a_restart_starts_clean() -> None:
+    backend = MonitoringBackend()
+    backend.start()
+    entered, release = threading.Event(), threading.Event()
+
+    def blocking() -> None:
+        entered.set()
+        release.wait(30)
+
+    probe = make_probe("blocking")
+    backend.register(blocking.__code__, probe)
+    worker = threading.Thread(target=blocking)
+    try:
+        worker.start()
+        assert entered.wait(30)
+        assert backend.in_flight == 1
+        backend.stop()
+        assert backend.in_flight == 0
+        backend.start()
+        release.set()
+        worker.join(30)
+        assert counts(probe) == (0, 0)  # its start belonged to the stopped run
+        release.clear()
+        done = threading.Thread(target=blocking)
+        done.start()
+        release.set()
+        done.join(30)
+        assert counts(probe) == (1, 0)
+        assert backend.in_flight == 0
+    finally:
+        release.set()
+        backend.stop()
+
+
+def test_recorder_probe_counts_exceptions_as_today(backend: MonitoringBackend) -> None:
+    if not speedups.available():
+        pytest.skip("C recorders exist only with the accelerator")
+    probes = {fn.__name__: recorder_probe(fn.__name__) for fn in (boom, recovers, numbers)}
+    for fn in (boom, recovers, numbers):
+        backend.register(fn.__code__, probes[fn.__name__])
+    for _ in range(3):
+        with pytest.raises(ValueError):
+            boom()
+    recovers()  # boom fails once more inside it; recovers returns
+    gen = numbers()
+    next(gen)
+    time.sleep(HOLD_NS / 1e9)
+    next(gen)  # a silent close ends the call at its last yield: this one
+    gen.close()  # GeneratorExit, or no event at all (then the sweep): a normal exit
+    backend.sweep()
+    got = {}
+    for name, probe in probes.items():
+        summary = speedups.summary(probe.recorder)
+        assert summary is not None
+        got[name] = (summary.ok, summary.failed)
+        if name == "numbers":
+            assert summary.max_ns >= HOLD_NS  # suspended time counts, in ns
+    assert got == {"boom": (0, 4), "recovers": (1, 0), "numbers": (1, 0)}

@@ -166,3 +166,105 @@ def test_pure_python_switch():
         timeout=60,
     )
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_recorder_add_takes_tick_durations_and_ignores_bad_ones():
+    rec = speedups.recorder()
+    start = speedups.ticks()
+    time.sleep(0.01)
+    rec.add(speedups.ticks() - start)
+    rec.add(5, True)
+    rec.add(-3)  # a negative duration counts as 0
+    assert rec.add("not a duration") is None
+    assert rec.add() is None
+    summary = speedups.summary(rec)
+    assert (summary.ok, summary.failed) == (2, 1)
+    assert summary.min_ns == 0
+    assert summary.max_ns >= 9_000_000
+
+
+needs_monitor = pytest.mark.skipif(
+    not speedups.monitor_available(), reason="the C monitor callbacks exist from Python 3.12"
+)
+
+
+class _Target:
+    """The attributes Monitor.add reads (agent.weaving.monitoring._Target has them)."""
+
+    def __init__(self, probe, steps=False, suspendable=False, recorder=None):
+        self.probe = probe
+        self.steps = steps
+        self.suspendable = suspendable
+        self.recorder = recorder
+        self.ok_append = probe.ok_append
+        self.failed_append = probe.failed_append
+        self.param = None
+
+
+def _monitor(**kwargs):
+    defaults = dict(
+        running={}, yielded={}, disable=object(), failed=print, sweep=print, track_yields=False
+    )
+    defaults.update(kwargs)
+    return speedups.monitor(**defaults)
+
+
+@needs_monitor
+def test_monitor_is_one_at_a_time_and_closes():
+    first = _monitor()
+    assert first is not None and first.live
+    assert _monitor() is None  # another is live: the caller keeps its Python callbacks
+    first.close()
+    assert not first.live
+    second = _monitor()
+    assert second is not None
+    second.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        second.add(test_monitor_is_one_at_a_time_and_closes.__code__, None)
+
+
+@needs_monitor
+def test_monitor_add_checks_its_arguments():
+    monitor = _monitor()
+    try:
+        probe = Probe(JoinPoint("a", "service", "f"))
+        code = test_monitor_add_checks_its_arguments.__code__
+        with pytest.raises(TypeError):
+            monitor.add("not code", _Target(probe))
+        with pytest.raises(TypeError, match="Recorder"):
+            monitor.add(code, _Target(probe, recorder="not a recorder"))
+        with pytest.raises(AttributeError):
+            monitor.add(code, object())
+        assert monitor.add(code, _Target(probe)) is True
+        assert monitor.add(code, _Target(probe)) is False  # the first registration stays
+    finally:
+        monitor.close()
+
+
+@needs_monitor
+def test_monitor_callbacks_driven_by_hand():
+    """Outside sys.monitoring: unknown code gets DISABLE, a start and an end make one call."""
+    disable = object()
+    monitor = _monitor(disable=disable)
+    try:
+        probe = Probe(JoinPoint("a", "service", "f"))
+
+        def f():
+            pass
+
+        other = test_monitor_callbacks_driven_by_hand.__code__
+        assert monitor.py_start(other, 0) is disable
+        assert monitor.py_return(other, 0, None) is disable
+        assert monitor.py_unwind(other, 0, ValueError()) is None  # global: never DISABLE
+        assert monitor.misses == 2
+        monitor.add(f.__code__, _Target(probe))
+        # Called from this frame, start and end see the same running frame.
+        assert monitor.py_start(f.__code__, 0) is None
+        assert monitor.stacked == 1
+        assert monitor.py_unwind(f.__code__, 0, KeyError()) is None
+        assert monitor.py_start(f.__code__, 0) is None
+        assert monitor.py_unwind(f.__code__, 0, GeneratorExit()) is None
+        assert monitor.py_return(f.__code__, 0, None) is None  # no start left: ignored
+        assert (len(probe.ok), len(probe.failed), monitor.stacked) == (1, 1, 0)
+    finally:
+        monitor.close()

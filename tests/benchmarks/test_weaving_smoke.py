@@ -168,6 +168,7 @@ ALL_ROWS = {
     "import_agent_unrelated",
     "import_agent_nothing",
     "import_agent_everything",
+    "import_agent_everything_warm",
     "import_added_unrelated",
     "import_added_nothing",
     "import_added_everything",
@@ -186,6 +187,7 @@ def test_summary_arithmetic_on_made_up_figures(spec: Any) -> None:
         "import_agent_unrelated": {"mean": 0.011, "sem": 0.0001, "values": 3},
         "import_agent_nothing": {"mean": 0.020, "sem": 0.0001, "values": 3},
         "import_agent_everything": {"mean": 0.020 + woven * 1e-3, "sem": 0.001, "values": 3},
+        "import_agent_everything_warm": {"mean": 0.040, "sem": 0.0001, "values": 3},
         "weave_per_function_warm": {"mean": 0.5e-3, "sem": 1e-6, "values": 3},
     }
     summary = weaving.summarize(stats, spec)
@@ -194,6 +196,7 @@ def test_summary_arithmetic_on_made_up_figures(spec: Any) -> None:
     assert summary["missing"] == []
     assert rows["import_agent_off"]["value"] == pytest.approx(10.0)
     assert rows["import_agent_nothing"]["ratio"] == pytest.approx(2.0)
+    assert rows["import_agent_everything_warm"]["ratio"] == pytest.approx(4.0)
     assert rows["import_added_unrelated"]["value"] == pytest.approx(1.0)
     assert rows["import_added_unrelated"]["ratio"] == pytest.approx(0.1)
     assert rows["weave_per_function_cold"]["value"] == pytest.approx(1000.0)
