@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import pytest
 
-from agent import speedups
+from agent import events, speedups
 from agent.events import JoinPoint, Probe, Step
 from agent.weaving.monitoring import MonitoringBackend, MonitoringUnavailable
 from agent.weaving.rewrite import weave_code, weave_tree
@@ -105,6 +105,19 @@ class Weaver:
 C_CALLBACKS = speedups.monitor_available()
 """Whether the C callbacks exist here: the "monitoring" weaver then runs them."""
 KINDS = ("monitoring", "monitoring-python", "bytecode")
+
+
+@pytest.fixture(autouse=True)
+def no_message_left_behind() -> Iterator[None]:
+    """Each test ends with no current message in this thread's context.
+
+    Known defect (issue 13's note): generators of one function interleaved in one context
+    (test_interleaved_generators_of_one_function), or one closed silently on 3.13.0, end
+    with a message of theirs still current there, because their steps restore the
+    contextvar out of order; left behind, it would show up in later tests' spans.
+    """
+    yield
+    events._current_message.set(None)
 
 
 @pytest.fixture(params=KINDS)
