@@ -201,12 +201,16 @@ def test_etcd_authentication_with_the_right_password_and_a_clear_error_with_a_wr
         good = make_node("a", endpoints=url, etcd_username="root", etcd_password="s3cret")
         good.start()
         assert wait_for(good.is_master)
-        bad = make_node("b", endpoints=url, etcd_username="root", etcd_password="wrong")
+        # etcd checks a password with bcrypt: on a busy 2-core machine that outlasts the
+        # 0.25 s request timeout of delay_ms=100, so these two get a longer one
+        bad = make_node(
+            "b", endpoints=url, etcd_username="root", etcd_password="wrong", delay_ms=1000
+        )
         with pytest.raises(BackendError) as error:
             bad.start()
         assert "authentication failed" in str(error.value), str(error.value)
         assert "wrong" not in str(error.value)  # the password is never shown
-        anonymous = make_node("c", endpoints=url)
+        anonymous = make_node("c", endpoints=url, delay_ms=1000)
         with pytest.raises(BackendError):
             anonymous.start()
     finally:
