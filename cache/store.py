@@ -19,7 +19,6 @@ replica checks it by decoding before it stores it.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from collections.abc import Iterator
@@ -29,8 +28,6 @@ import diskcache
 from diskcache.core import MODE_BINARY, MODE_RAW, UNKNOWN
 
 from cache.wire import Kind
-
-log = logging.getLogger(__name__)
 
 #: reserved key holding the replication position (epoch, seq) of the last applied change
 POSITION_KEY = "\x00twinweave.position"
@@ -128,17 +125,8 @@ class LocalStore:
         self.directory = directory
         # sqlite's NORMAL sync in WAL mode: a committed write survives a process crash
         self._cache = diskcache.Cache(directory, disk=SafeDisk, eviction_policy="none")
-        self._tagged: tuple[int, int] | None = None  # newer than the position row, if set
 
     def close(self) -> None:
-        if self._tagged is not None:
-            # not needed for correctness (position() reads the tags), but a store closed
-            # cleanly then says where it is in one row
-            try:
-                self._set_position(self._tagged)
-            except Exception as exc:  # a full disk: the tags still hold the position
-                log.warning("%s: position row not updated at close: %s", self.directory, exc)
-            self._tagged = None
         self._cache.close()
 
     def transaction(self) -> Any:
@@ -200,8 +188,6 @@ class LocalStore:
             return
         tag = None if position is None else _tag(position)
         self._cache.set(key, encoded, expire=expire, tag=tag, retry=True)
-        if position is not None:
-            self._tagged = position
 
     def delete(self, key: str, position: tuple[int, int] | None = None) -> bool:
         with self._cache.transact(retry=True):
@@ -241,7 +227,6 @@ class LocalStore:
 
     def _set_position(self, position: tuple[int, int]) -> None:
         self._cache.set(POSITION_KEY, encode_value(list(position)), retry=True)
-        self._tagged = None
 
 
 def _tag(position: tuple[int, int]) -> str:

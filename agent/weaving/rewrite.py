@@ -92,9 +92,6 @@ def register(code: CodeType, probe: Probe, slots: Slots = (), layout: Layout | N
     _woven[key] = (ref, probe, slots, layout if layout is not None else ("", None))
 
 
-_register = register
-
-
 def probe_of(code: CodeType) -> Probe | None:
     """The probe woven into ``code``, if it is woven code."""
     entry = _woven.get(id(code))
