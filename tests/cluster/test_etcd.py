@@ -198,11 +198,13 @@ def test_etcd_authentication_with_the_right_password_and_a_clear_error_with_a_wr
         _gateway(url, "/v3/auth/user/add", {"name": "root", "password": "s3cret"})
         _gateway(url, "/v3/auth/user/grant", {"user": "root", "role": "root"})
         _gateway(url, "/v3/auth/enable", {})
-        good = make_node("a", endpoints=url, etcd_username="root", etcd_password="s3cret")
-        good.start()
-        assert wait_for(good.is_master)
         # etcd checks a password with bcrypt: on a busy 2-core machine that outlasts the
-        # 0.25 s request timeout of delay_ms=100, so these two get a longer one
+        # 0.25 s request timeout of delay_ms=100, so every node here gets a longer one
+        good = make_node(
+            "a", endpoints=url, etcd_username="root", etcd_password="s3cret", delay_ms=1000
+        )
+        good.start()
+        assert wait_for(good.is_master, 15.0)
         bad = make_node(
             "b", endpoints=url, etcd_username="root", etcd_password="wrong", delay_ms=1000
         )

@@ -290,7 +290,8 @@ def test_status_without_a_master_exits_1_and_prints_a_table(tmp_path):
 def test_status_merges_zeroconf_announcements(tmp_path):
     seen = run_status(
         [("m1", "master", 4, 100)],
-        ["--json", "--wait", "2"],
+        # long enough for two answers when the machine is busy (a CI run once missed one in 2 s)
+        ["--json", "--wait", "4"],
         announce=[("m1", "slave", 3, 100), ("quiet", "slave", 4, 120)],
         tmp_path=tmp_path,
     )
