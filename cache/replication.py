@@ -59,6 +59,7 @@ MAX_BATCH = 512
 ASYNC_GATHER_S = 0.002  # in async mode, how long a sender waits to batch more changes
 RECV_BYTES = 256 * 1024
 CONNECT_TIMEOUT_S = 2.0
+QUICK_RETRIES = 3  # reconnections without waiting after a link closed without a word
 
 
 class NotMasterError(RuntimeError):
@@ -129,6 +130,8 @@ class _Link:
         log.info("replication to %s (%s) closed: %s", self.node_id, self.address, reason)
         if not tell:
             _close(self.sock)
+            if self.hub.on_link_lost is not None:
+                self.hub.on_link_lost()  # the slave may probe our port: we beat first
 
     def send_loop(self) -> None:
         try:
@@ -245,6 +248,8 @@ class Hub:
         self._awaiting = False  # a writer waits for acknowledgements (under the lock)
         self._committing = False
         self.snapshots = 0  # full snapshots sent (the rest caught up from the log)
+        #: called when a link ends without a Refuse (the slave went, or the link broke)
+        self.on_link_lost: Callable[[], None] | None = None
         self._listener = socket.create_server((host, 0))
         self._listener.settimeout(0.5)
         self.port = self._listener.getsockname()[1]
@@ -558,11 +563,14 @@ class Follower:
         known_epoch: Callable[[], int],
         on_position: Callable[[tuple[int, int], bool], None],
         retry_s: float = 0.2,
-        on_gone: Callable[[str, int, int], None] | None = None,
+        on_gone: Callable[[str, int, int, float | None], None] | None = None,
     ) -> None:
         self.replica = replica
-        #: called (host, port, epoch) when the master's port refuses the connection: no
-        #: process listens there any more (its host answered for it)
+        #: called (host, port, epoch, closed_at) when the master's port refuses the
+        #: connection: no process listens there any more (its host answered for it).
+        #: closed_at is the time.monotonic() at which a link that this master had
+        #: welcomed closed without a goodbye (a clean close or a reset) before the
+        #: refusal; None when none did since the last report
         self.on_gone = on_gone
         self.cluster = cluster
         self.node_id = node_id
@@ -575,6 +583,7 @@ class Follower:
         self._target: tuple[str, int, int] | None = None
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
+        self._welcomed = False  # the current session was welcomed by the master
         self._thread: threading.Thread | None = None
         self._generation = 0
         self._changed = threading.Event()  # wakes a retry wait at once
@@ -632,18 +641,33 @@ class Follower:
     def _run(self, generation: int, previous: threading.Thread | None = None) -> None:
         if previous is not None:
             previous.join()
-        again_at_once = False  # after a close without a word, one retry without waiting
+        # After a close without a word, a few retries at once: a master's process that
+        # died closes its link and its listening socket a moment apart, and a connection
+        # made in that moment is closed or reset too. ``closed_at`` is when the last
+        # link that the master had welcomed closed so, reported with the refusal that
+        # follows it, once.
+        quick = 0
+        closed_at: float | None = None
+        last_target = None
         while self._current(generation):
             target = self._target
             if target is None:
                 return
+            if target != last_target:
+                last_target, closed_at, quick = target, None, 0
             host, port, epoch = target
             outcome = None
+            self._welcomed = False
             try:
                 outcome = self._session(generation, host, port)
             except ConnectionRefusedError:
                 if self._current(generation) and self.on_gone is not None:
-                    self.on_gone(host, port, epoch)
+                    self.on_gone(host, port, epoch, closed_at)
+                closed_at = None
+            except ConnectionResetError as exc:  # a killed process's kernel resets the link
+                if self._current(generation):
+                    log.info("replication from %s:%d: %s", host, port, exc)
+                    outcome = "closed"
             except WireError as exc:
                 self.refused[exc.reason] += 1
                 log.warning("replication stream from %s:%d refused: %s", host, port, exc)
@@ -656,10 +680,13 @@ class Follower:
             except Exception as exc:  # the stores cannot take a change (damaged, locked)
                 self.refused["store"] += 1
                 log.warning("replication from %s:%d: cannot store a change: %s", host, port, exc)
-            if outcome == "closed" and not again_at_once:
-                again_at_once = True
-                continue
-            again_at_once = False
+            if outcome == "closed":
+                if self._welcomed:
+                    closed_at = time.monotonic()
+                if quick < QUICK_RETRIES:
+                    quick += 1
+                    continue
+            quick = 0
             if self._current(generation):
                 self._changed.wait(self.retry_s)
                 self._changed.clear()
@@ -709,6 +736,7 @@ class Follower:
                         last = self.replica.position
                         ops, records = [], []
                     if isinstance(frame, Welcome):
+                        self._welcomed = True
                         master_epoch = frame.epoch
                         self._check_epoch(session, sock, master_epoch)
                     elif isinstance(frame, Refuse):

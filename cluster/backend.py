@@ -103,11 +103,18 @@ class Backend(abc.ABC):
     def set_position(self, position: tuple[int, int]) -> None:
         """The replicated-state position (epoch, seq) that ranks this node as a candidate."""
 
-    def master_gone(self, host: str, port: int, epoch: int) -> None:
+    def link_lost(self) -> None:
+        """A slave's replication link to this node ended (called from the hub's threads):
+        a master makes itself heard, so that the slave knows it lives. By default nothing."""
+        return None
+
+    def master_gone(self, host: str, port: int, epoch: int, closed_at: float | None) -> None:
         """The master of ``epoch`` at host:port refused a replication connection: its host
-        says no process listens there, so it died. A backend may stand at once instead of
-        waiting for the master's lease or heartbeats to run out (called from the follower's
-        thread); by default nothing changes."""
+        says no process listens there, so it died. ``closed_at`` (``time.monotonic()``) is
+        when the link to it closed without a goodbye just before, None when there was no
+        link. A backend may stand at once instead of waiting for the master's lease or
+        heartbeats to run out (called from the follower's thread); by default nothing
+        changes."""
         return None
 
     # -- what the node reads (status, metrics) ------------------------------------------

@@ -24,7 +24,11 @@ position of its replicated state. A node's life::
   slave. A node that comes back while a master runs therefore joins as a slave.
 - *Losing the master*: a slave that hears nothing from its master for
   ``retries`` heartbeats (plus a quarter delay of slack), or hears it resign,
-  becomes a candidate.
+  becomes a candidate. So does one whose replication link to the master closed
+  without a goodbye and whose reconnection the master's host refused, unless
+  the master beats within ``settle``: its process is dead
+  (:meth:`Election.master_gone`), and waiting out the window would only delay
+  the takeover.
 - *Candidates are staggered by rank* (as VRRP skews its timers): a new
   candidate sends a heartbeat at once, so that the others know its state's
   position as it is now; a quarter delay later the live candidates are ordered
@@ -206,6 +210,10 @@ class Election:
         self.data_position: tuple[int, int] = (0, 0)
         self.deadline = float("inf")
         self.id_conflicts = 0
+        #: process-death reports (:meth:`master_gone`) that did not match the master heard
+        self.gone_ignored = 0
+        #: (link closed at, reported at) of a process-death report awaiting its settle
+        self._gone: tuple[float, float] | None = None
         self._next_beat = float("inf")
         self._lease_until = float("-inf")
         self._master_heard = float("-inf")
@@ -231,10 +239,17 @@ class Election:
         if self.state is State.JOINING and now >= self._joined_at + self.timing.window:
             self._become_candidate(now, None, "no master heard since start", actions)
         elif self.state is State.SLAVE:
+            gone = self._gone_pending()
             if now >= self._master_heard + self.timing.window + self.timing.slack:
                 silent = now - self._master_heard
                 reason = f"no heartbeat from the master for {silent:.3f} s"
                 self._become_candidate(now, self.master, reason, actions)
+            elif gone is not None and now >= gone[1] + self.timing.settle:
+                reason = (
+                    f"master {self.master} is gone: its link closed without a goodbye, its "
+                    "replication port refused, and it did not beat since"
+                )
+                self._become_candidate(now, self.master, reason, actions, since=gone[1])
         if self.state is State.CANDIDATE and now >= self._claim_time(now):
             self._promote(now, actions)
         if self.state is not State.STOPPED and now >= self._next_beat:
@@ -263,6 +278,57 @@ class Election:
         handler = _TRANSITIONS.get((self.state, hb.role))
         if handler is not None:
             handler(self, peer, now, actions)
+        self._reschedule(now)
+        return actions
+
+    def master_gone(
+        self, host: str, port: int, epoch: int, closed_at: float, now: float
+    ) -> list[Action]:
+        """The master's process looks dead: its replication link closed without a goodbye
+        at ``closed_at`` and its port at host:port then refused a connection.
+
+        A refusal is the master's host saying that no process listens there, so this
+        slave does not wait out the takeover window: it sends its position at once and,
+        unless the master beats within ``settle`` (a live master answers a lost link with
+        a heartbeat), stands at the end of it as if it had stood now, so that the
+        best-ranked candidate claims at once and the others a skew apart, ranked by state
+        position as always. Only when the report is about the master this slave follows
+        as last heard: the same epoch, the address its latest heartbeat advertises (a
+        restarted master listens on a new port), and no heartbeat of it since the link
+        closed. Anything else is ignored and counted in :attr:`gone_ignored`. When the host
+        or the network is gone nothing is refused, and silence rules.
+        """
+        actions: list[Action] = []
+        if self.state is State.STOPPED or self._lease_lost(now, actions):
+            return actions
+        peer = self.peers.get(self.master) if self.master is not None else None
+        if (
+            self.state is not State.SLAVE
+            or peer is None
+            or peer.role is not Role.MASTER
+            or epoch != self.epoch
+            or peer.epoch != epoch
+            or (peer.host, peer.port) != (host, port)
+            or self._master_heard > closed_at
+        ):
+            self.gone_ignored += 1
+            return actions
+        if self._gone is None:
+            self._gone = (closed_at, now)
+            actions.extend(self._beat(now))  # our position now, for the ranking to come
+        self._reschedule(now)
+        return actions
+
+    def reassure(self, now: float) -> list[Action]:
+        """A slave's replication link to this master ended: beat now and again half a
+        settle later, so that a slave that finds the port refused (whatever refused it)
+        hears that the master lives, after it noticed the close and before its
+        :meth:`master_gone` settle runs out."""
+        actions: list[Action] = []
+        if self.state is not State.MASTER or self._lease_lost(now, actions):
+            return actions
+        actions.extend(self._beat(now))
+        self._next_beat = now + self.timing.settle / 2
         self._reschedule(now)
         return actions
 
@@ -348,6 +414,8 @@ class Election:
 
     def _follow(self, peer: Peer, now: float, actions: list[Action]) -> None:
         changed = self.master != peer.node_id or self.state is not State.SLAVE
+        if changed:
+            self._gone = None
         self.state = State.SLAVE
         self.master = peer.node_id
         self.epoch = peer.epoch
@@ -356,10 +424,17 @@ class Election:
             actions.append(Follow(peer.node_id, peer.epoch))
 
     def _become_candidate(
-        self, now: float, master: str | None, reason: str, actions: list[Action]
+        self,
+        now: float,
+        master: str | None,
+        reason: str,
+        actions: list[Action],
+        since: float | None = None,
     ) -> None:
+        """Stand for election; ``since`` backdates the loss (a confirmed process death)."""
         self.state = State.CANDIDATE
-        self._lost_at = now
+        self._lost_at = now if since is None else since
+        self._gone = None
         if master is not None:
             lost = self.peers.get(master)
             if lost is not None:
@@ -442,6 +517,12 @@ class Election:
         for node_id in [n for n, p in self.peers.items() if p.heard < horizon]:
             del self.peers[node_id]
 
+    def _gone_pending(self) -> tuple[float, float] | None:
+        """The process-death report still standing: none once the master beat after it."""
+        if self._gone is not None and self._master_heard > self._gone[0]:
+            self._gone = None
+        return self._gone
+
     def _reschedule(self, now: float) -> None:
         if self.state is State.STOPPED:
             self.deadline = float("inf")
@@ -451,6 +532,9 @@ class Election:
             deadline = min(deadline, self._joined_at + self.timing.window)
         elif self.state is State.SLAVE:
             deadline = min(deadline, self._master_heard + self.timing.window + self.timing.slack)
+            gone = self._gone_pending()
+            if gone is not None:
+                deadline = min(deadline, gone[1] + self.timing.settle)
         elif self.state is State.CANDIDATE:
             # peers only leave the ranking as time passes, so the claim time can only come
             # sooner; the next heartbeat tick (at most one delay away) re-evaluates it

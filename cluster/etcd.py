@@ -385,7 +385,7 @@ class EtcdBackend(Backend):
     def set_position(self, position: tuple[int, int]) -> None:
         self._position = position
 
-    def master_gone(self, host: str, port: int, epoch: int) -> None:
+    def master_gone(self, host: str, port: int, epoch: int, closed_at: float | None) -> None:
         """A dead master's lease is revoked at once, so that its key goes now, not at expiry.
 
         Only when the leader key still names that master at that epoch and address: the

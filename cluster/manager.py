@@ -326,6 +326,7 @@ class Node:
             is_master=self.is_master,
             sync=s.replication == "sync",
         )
+        self.hub.on_link_lost = self.backend.link_lost
         self.port = self.hub.port
         self.follower = Follower(
             self.replica,

@@ -133,6 +133,47 @@ class MulticastBackend(Backend):
     def set_position(self, position: tuple[int, int]) -> None:
         self.machine.data_position = position
 
+    def link_lost(self) -> None:
+        self._post(self._reassure)
+
+    def _reassure(self) -> None:
+        if not self._closed:
+            self._apply(self.machine.reassure(time.monotonic()))
+
+    def master_gone(self, host: str, port: int, epoch: int, closed_at: float | None) -> None:
+        """A slave stands at once when its master's process died (the election decides).
+
+        Only after a link that closed without a goodbye: a refusal with no link before it
+        (the master's port not reachable yet, a stale address) proves nothing new.
+        """
+        if closed_at is None:
+            return
+        self._post(lambda: self._on_master_gone(host, port, epoch, closed_at))
+
+    def _on_master_gone(self, host: str, port: int, epoch: int, closed_at: float) -> None:
+        if self._closed:
+            return
+        ignored = self.machine.gone_ignored
+        actions = self.machine.master_gone(host, port, epoch, closed_at, time.monotonic())
+        if self.machine.gone_ignored > ignored:
+            log.info(
+                "replication port %s:%d of epoch %d refused, but that is not the master "
+                "as last heard (or it beat since): no election",
+                host,
+                port,
+                epoch,
+            )
+        elif actions:
+            log.warning(
+                "the master's replication port %s:%d refused a connection after its link "
+                "closed: its process looks gone; standing for election in %.0f ms unless "
+                "it beats",
+                host,
+                port,
+                self.machine.timing.settle * 1000,
+            )
+        self._apply(actions)
+
     @property
     def state(self) -> State:
         return self.machine.state
@@ -179,14 +220,18 @@ class MulticastBackend(Backend):
         timeout = self.machine.deadline - time.monotonic()
         if timeout > 0:
             self._selector.select(min(timeout, 1.0))
-        # the clock first: a paused master must see its lease gone before any packet
-        now = time.monotonic()
-        if now >= self.machine.deadline:
-            self._apply(self.machine.tick(now))
+        # A master looks at the clock first: paused, it must see its lease gone before any
+        # packet. Any other node reads first what waited while it was starved (a heartbeat
+        # of its master proves that master alive), then looks at the clock.
+        clock_first = self.machine.state is State.MASTER
+        if clock_first and time.monotonic() >= self.machine.deadline:
+            self._apply(self.machine.tick(time.monotonic()))
         for data in self.transport.receive():
             hb = self.codec.decode(data)
             if hb is not None:
                 self._apply(self.machine.receive(hb, time.monotonic()))
+        if not clock_first and time.monotonic() >= self.machine.deadline:
+            self._apply(self.machine.tick(time.monotonic()))
         if self.machine.id_conflicts:
             log.error(
                 "another running node uses the id %s; give each node its own "

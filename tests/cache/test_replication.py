@@ -426,3 +426,72 @@ def test_slave_lag_counts_what_each_slave_has_not_acknowledged(rig):
 def lag_of(hub, node_id):
     (lag,) = [lag for lag in hub.slave_lag() if lag.node_id == node_id]
     return lag
+
+
+# -- what a slave tells the election when the master's process is gone -------------------
+
+
+def gone_recorder(rig_: Rig, name: str) -> tuple[Follower, list]:
+    reports: list = []
+    replica = Replica(rig_.tmp / name)
+    follower = Follower(
+        replica,
+        "c",
+        name,
+        SECRET,
+        lambda: 1,
+        lambda p, s: None,
+        on_gone=lambda *report: reports.append(report),
+    )
+    rig_.followers.append((follower, replica))
+    return follower, reports
+
+
+def test_a_master_process_gone_is_reported_once_with_when_its_link_closed(rig):
+    r = rig()
+    follower, reports = gone_recorder(r, "s1")
+    follower.follow("127.0.0.1", r.hub.port, 1)
+    assert wait_for(lambda: r.hub.live_slaves() == ["s1"])
+    port = r.hub.port
+    before = time.monotonic()
+    # what the kernel does for a killed process: its sockets close, nothing is said
+    r.hub._closed = True
+    r.hub._listener.close()
+    for link in list(r.hub.links):
+        link.close("killed")
+    assert wait_for(lambda: len(reports) >= 2)  # the first refusal, then each retry's
+    host, reported_port, epoch, closed_at = reports[0]
+    assert (host, reported_port, epoch) == ("127.0.0.1", port, 1)
+    assert closed_at is not None and before <= closed_at <= time.monotonic()
+    assert all(report[3] is None for report in reports[1:])  # reported once only
+
+
+def test_a_refusal_with_no_link_before_it_proves_nothing(rig):
+    r = rig()
+    follower, reports = gone_recorder(r, "s1")
+    unused = socket.create_server(("127.0.0.1", 0))
+    port = unused.getsockname()[1]
+    unused.close()
+    follower.follow("127.0.0.1", port, 1)
+    assert wait_for(lambda: len(reports) >= 1)
+    assert reports[0] == ("127.0.0.1", port, 1, None)
+
+
+def test_a_master_dropping_a_slave_or_a_slave_restarting_is_no_death(rig):
+    r = rig()
+    lost = []
+    r.hub.on_link_lost = lambda: lost.append(time.monotonic())
+    follower, reports = gone_recorder(r, "s1")
+    follower.follow("127.0.0.1", r.hub.port, 1)
+    assert wait_for(lambda: r.hub.live_slaves() == ["s1"])
+    r.hub.links[0].close("too slow", tell=True)  # the master drops it, saying why
+    assert wait_for(lambda: follower.refused["by-master"] == 1)
+    assert wait_for(lambda: r.hub.live_slaves() == ["s1"])  # and takes it back
+    assert lost == []  # a Refuse is a goodbye: the master need not reassure anyone
+    follower.stop()  # the slave goes (a restart): the master hears its link end
+    r.followers.pop()[1].close()
+    assert wait_for(lambda: len(lost) == 1)
+    r.follower("s1")
+    assert wait_for(lambda: r.hub.live_slaves() == ["s1"])
+    r.cache().set("a", 1)
+    assert reports == []  # nothing ever refused: no one reports the master gone

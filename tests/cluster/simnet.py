@@ -5,7 +5,10 @@ what the real driver does around it: sequence numbers, the persisted epoch, a
 supervisor that restarts a node that stepped down), a network with loss,
 delay, duplication and partitions, processes that can be killed, stopped
 (SIGTERM), paused and resumed, and a monitor that records every promotion and
-every moment two nodes could run the adapter at once. No sockets, no sleeping:
+every moment two nodes could run the adapter at once. A process that dies with its
+host up closes its replication links, and its slaves find its port refused (as
+the follower reports it, :meth:`cluster.election.Election.master_gone`); a host
+that vanishes refuses nothing. No sockets, no sleeping:
 one scenario of a minute of cluster time runs in milliseconds.
 """
 
@@ -64,6 +67,7 @@ class SimNode:
         self.generation = 0  # invalidates scheduled ticks of an older process or deadline
         self.exit_codes: list[int] = []
         self.supervised = True
+        self.port = 0  # the replication port of this process (a new one at each boot)
 
     @property
     def alive(self) -> bool:
@@ -74,6 +78,7 @@ class SimNode:
     def boot(self) -> None:
         now = self.net.now
         self.incarnation += 1
+        self.port = next(self.net.ports)
         self.seq = 0
         self.paused = False
         self.buffer.clear()
@@ -86,12 +91,31 @@ class SimNode:
         )
         self.apply(self.machine.start(now))
 
-    def kill(self) -> None:
-        """kill -9: nothing more is sent."""
+    def kill(self, host_up: bool = True) -> None:
+        """kill -9: nothing more is sent. With its host up, the kernel closes the
+        process's replication links: its slaves notice and find its port refused, its
+        master notices a slave gone; when the host vanishes (``host_up=False``) nothing
+        tells anyone."""
+        machine = self.machine
         self.machine = None
         self.paused = False
         self.generation += 1
+        if host_up and machine is not None:
+            self.net.links_closed(self, machine)
         self.net.changed()
+
+    def vanish(self) -> None:
+        """The host or its network is gone (SIGSTOP forever, a cut cable): only silence."""
+        self.kill(host_up=False)
+
+    def link_closed(self, master: SimNode, port: int, epoch: int, closed_at: float) -> None:
+        """Our follower's link to ``master`` closed; its reconnection is refused now."""
+        if self.machine is not None and not self.paused:
+            self.apply(self.machine.master_gone("127.0.0.1", port, epoch, closed_at, self.net.now))
+
+    def slave_link_closed(self) -> None:
+        if self.machine is not None and not self.paused:
+            self.apply(self.machine.reassure(self.net.now))
 
     def terminate(self) -> None:
         """SIGTERM: resign (three copies of the goodbye, as the driver sends), then exit."""
@@ -113,13 +137,18 @@ class SimNode:
         if not self.alive or not self.paused:
             return
         self.paused = False
-        # the driver looks at the clock first, then at what waited in the socket buffer
-        self.apply(self.machine.tick(self.net.now))
+        # as the driver does: a master looks at the clock first, then at what waited in
+        # the socket buffer; any other node reads the buffer first
+        clock_first = self.machine.state is State.MASTER
+        if clock_first:
+            self.apply(self.machine.tick(self.net.now))
         pending, self.buffer = self.buffer, []
         for hb in pending:
             if self.machine is None:
                 break
             self.apply(self.machine.receive(hb, self.net.now))
+        if not clock_first and self.machine is not None:
+            self.apply(self.machine.tick(self.net.now))
         self.net.changed()
 
     # -- driver ----------------------------------------------------------------------------
@@ -183,7 +212,7 @@ class SimNode:
             seq=self.seq,
             sent_ms=int(self.net.now * 1000),
             host="127.0.0.1",
-            port=0,
+            port=self.port,
             data_epoch=self.machine.data_position[0] if self.machine else 0,
             data_seq=self.machine.data_position[1] if self.machine else 0,
         )
@@ -214,6 +243,8 @@ class SimNet:
         self._episode_nodes: set = set()
         self._episode_excused = False
         self.packets_sent = 0
+        self.ports = itertools.count(4000)
+        self.gone_reports = 0  # refusals delivered to slaves of a dead master process
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -259,6 +290,20 @@ class SimNet:
             for _ in range(copies):
                 delay = self.rng.uniform(self.min_delay, self.max_delay)
                 self.at(self.now + delay, self._arrive, node, payload)
+
+    def links_closed(self, dead: SimNode, machine: Election) -> None:
+        """A process died with its host up: every replication link it had breaks."""
+        for node in self.nodes.values():
+            peer = node.machine
+            if node is dead or peer is None or not self.connected(dead.node_id, node.node_id):
+                continue
+            if peer.state is State.SLAVE and peer.master == dead.node_id:
+                closed = self.now + self.rng.uniform(self.min_delay, self.max_delay)
+                refused = closed + self.rng.uniform(self.min_delay, self.max_delay)
+                self.gone_reports += 1
+                self.at(refused, node.link_closed, dead, dead.port, peer.epoch, closed)
+            elif peer.state is State.MASTER and machine.master == node.node_id:
+                self.at(self.now + self.rng.uniform(0, self.max_delay), node.slave_link_closed)
 
     def _arrive(self, node: SimNode, payload: object) -> None:
         if self.codec is not None:

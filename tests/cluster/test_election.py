@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -102,6 +103,116 @@ def test_resignation_starts_the_election_at_once():
     assert m.deadline == pytest.approx(0.5 + TIMING.settle)
     assert kinds(m.tick(0.5 + TIMING.settle)) == [PersistEpoch, Promote, Send]
     assert m.epoch == 4
+
+
+def master_hb(seq: int = 1, epoch: int = 3, port: int = 4100, node_id: str = "a"):
+    return Heartbeat("sim", node_id, Role.MASTER, epoch, 100, 1, seq, 0, "127.0.0.1", port)
+
+
+def following(node_id: str = "b", at: float = 0.1) -> Election:
+    m = Election(node_id, 100, TIMING)
+    m.start(0.0)
+    m.receive(master_hb(), at)
+    assert m.state is State.SLAVE
+    return m
+
+
+def test_dead_master_process_stands_one_settle_after_the_refusal_not_a_window():
+    m = following()
+    closed, refused = 0.30, 0.301
+    assert m.master_gone("127.0.0.1", 4100, 3, closed, refused) == [Send(Role.SLAVE, 3)]
+    assert m.state is State.SLAVE  # our position went out; the master has `settle` to beat
+    assert m.deadline == pytest.approx(refused + TIMING.settle)
+    actions = m.tick(refused + TIMING.settle)
+    # alone, so rank 0: standing is backdated to the refusal and the claim is at once
+    assert kinds(actions) == [MasterLost, Send, PersistEpoch, Promote, Send]
+    assert "replication port refused" in actions[0].reason
+    assert m.state is State.MASTER and m.epoch == 4
+    assert refused + TIMING.settle < 0.1 + WINDOW  # far sooner than the heartbeat rule
+
+
+def test_dead_master_process_candidates_still_rank_by_state_position():
+    m = following("c", at=0.05)
+    m.receive(hb("b", Role.SLAVE, 3, seq=1), 0.1)
+    m.receive(master_hb(seq=2), 0.9)
+    m.data_position = (3, 10)
+    ahead = dataclasses.replace(hb("b", Role.SLAVE, 3, seq=2), data_epoch=3, data_seq=12)
+    m.receive(ahead, 1.002)  # b's fresh position, sent at its own refusal
+    m.master_gone("127.0.0.1", 4100, 3, 1.0, 1.001)
+    m.tick(1.001 + TIMING.settle)
+    assert m.state is State.CANDIDATE  # b holds more of the state: it claims first
+    assert m.deadline == pytest.approx(1.001 + TIMING.settle + TIMING.skew)
+    claimed = 1.001 + TIMING.settle + 0.01
+    assert m.receive(hb("b", Role.MASTER, 4, seq=3), claimed) == [Follow("b", 4)]
+
+
+def test_a_master_that_beats_after_the_close_is_alive_whatever_refused():
+    m = following()
+    m.receive(master_hb(seq=2), 0.305)  # heard after the link closed at 0.30
+    assert m.master_gone("127.0.0.1", 4100, 3, 0.30, 0.306) == []
+    assert m.gone_ignored == 1
+    m.tick(0.306 + TIMING.settle)
+    assert m.state is State.SLAVE
+
+
+def test_a_master_that_beats_within_the_settle_keeps_its_slaves():
+    m = following()
+    m.master_gone("127.0.0.1", 4100, 3, 0.30, 0.301)
+    assert m.receive(master_hb(seq=2), 0.302) == []  # the master's answer to the lost link
+    m.tick(0.301 + TIMING.settle)
+    assert m.state is State.SLAVE and m.master == "a"
+    assert m.deadline == pytest.approx(0.301 + DELAY)  # its own next beat: nothing pending
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        ("127.0.0.1", 4999, 3, "a restarted master listens on another port"),
+        ("127.0.0.2", 4100, 3, "another host"),
+        ("127.0.0.1", 4100, 2, "an older epoch's master"),
+        ("127.0.0.1", 4100, 4, "an epoch we never followed"),
+    ],
+    ids=lambda r: r[3],
+)
+def test_a_refusal_about_another_master_is_ignored(report):
+    m = following()
+    host, port, epoch, _ = report
+    assert m.master_gone(host, port, epoch, 0.30, 0.301) == []
+    assert m.gone_ignored == 1
+    m.tick(0.301 + TIMING.settle)
+    assert m.state is State.SLAVE
+
+
+def test_a_refusal_means_nothing_to_a_joining_candidate_or_master_node():
+    joining = Election("b", 100, TIMING)
+    joining.start(0.0)
+    assert joining.master_gone("127.0.0.1", 4100, 3, 0.05, 0.06) == []
+    assert joining.state is State.JOINING
+    master = Election("a", 100, TIMING)
+    master.start(0.0)
+    while master.state is not State.MASTER:
+        master.tick(master.deadline)
+    assert master.master_gone("127.0.0.1", 0, master.epoch, 0.0, master.deadline) == []
+    assert master.state is State.MASTER
+    candidate = following()
+    candidate.receive(hb("a", Role.LEAVING, 3, seq=5), 0.2)
+    assert candidate.state is State.CANDIDATE
+    assert candidate.master_gone("127.0.0.1", 4100, 3, 0.2, 0.21) == []
+    assert joining.gone_ignored == master.gone_ignored == candidate.gone_ignored == 1
+
+
+def test_a_master_beats_at_once_when_a_slave_link_ends():
+    m = Election("a", 100, TIMING)
+    m.start(0.0)
+    while m.state is not State.MASTER:
+        m.tick(m.deadline)
+    now = m.deadline - 0.01
+    assert m.reassure(now) == [Send(Role.MASTER, m.epoch)]
+    assert m.deadline == pytest.approx(now + TIMING.settle / 2)  # and once more, soon
+    assert m.tick(m.deadline) == [Send(Role.MASTER, m.epoch)]
+    assert m.deadline == pytest.approx(now + TIMING.settle / 2 + DELAY)
+    slave = following()
+    assert slave.reassure(0.2) == []
 
 
 def test_late_heartbeat_never_resurrects_a_resigned_master():
@@ -254,8 +365,24 @@ def test_heavy_loss_takeovers_stay_clean(seed):
 
 
 @pytest.mark.parametrize("seed", range(30))
-def test_kill_master_takeover_within_retries_plus_one_delay(seed):
+def test_vanished_master_host_takeover_within_retries_plus_one_delay(seed):
     sim = cluster(3, seed)
+    sim.run_until(3.0)
+    old = sim.master()
+    killed_at = 3.0 + random.Random(seed).uniform(0, DELAY)
+    sim.run_until(killed_at)
+    sim.nodes[old].vanish()
+    sim.run_until(killed_at + 5.0)
+    new = [p for p in sim.promotions if p.at > killed_at]
+    assert len(new) == 1
+    assert WINDOW - DELAY <= new[0].at - killed_at <= DELAY * (RETRIES + 1)  # silence rules
+    assert new[0].epoch == sim.promotions[0].epoch + 1
+    assert sim.settled() is None
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_dead_master_process_takeover_within_one_settle(seed):
+    sim = cluster(3, seed, priorities=[100, 150, 120])
     sim.run_until(3.0)
     old = sim.master()
     killed_at = 3.0 + random.Random(seed).uniform(0, DELAY)
@@ -264,8 +391,26 @@ def test_kill_master_takeover_within_retries_plus_one_delay(seed):
     sim.run_until(killed_at + 5.0)
     new = [p for p in sim.promotions if p.at > killed_at]
     assert len(new) == 1
-    assert new[0].at - killed_at <= DELAY * (RETRIES + 1)
+    # the link closes, the port refuses (a few ms), one settle, timers a little late
+    assert new[0].at - killed_at <= TIMING.settle + 0.02
     assert new[0].epoch == sim.promotions[0].epoch + 1
+    ranked = sorted((n for n in sim.nodes.values() if n.node_id != old), key=lambda n: -n.priority)
+    assert new[0].node == ranked[0].node_id  # the best-ranked slave, as by the heartbeat rule
+    assert sim.settled() is None
+
+
+def test_a_live_master_whose_port_refused_keeps_its_slaves():
+    sim = cluster(3, 1)
+    sim.run_until(3.0)
+    master = sim.nodes[sim.master()]
+    slave = next(n for n in sim.nodes.values() if n is not master)
+    # the link breaks and the port refuses (a middlebox, a bug) while the master lives:
+    # the master hears the link end and beats at once, within the slave's settle
+    closed = sim.now
+    sim.at(closed + 0.001, master.slave_link_closed)
+    sim.at(closed + 0.002, slave.link_closed, master, master.port, master.machine.epoch, closed)
+    sim.run_until(closed + 2 * WINDOW)
+    assert len(sim.promotions) == 1 and sim.master() == master.node_id
     assert sim.settled() is None
 
 
@@ -395,7 +540,16 @@ def test_authenticated_packets_through_the_codec():
 
 # -- hundreds of random scenarios ----------------------------------------------------------
 
-FAULTS = ("kill", "kill_master", "restart", "terminate_master", "pause", "resume", "partition")
+FAULTS = (
+    "kill",
+    "kill_master",
+    "vanish_master",
+    "restart",
+    "terminate_master",
+    "pause",
+    "resume",
+    "partition",
+)
 
 
 def random_scenario(seed: int) -> SimNet:
@@ -422,6 +576,8 @@ def random_scenario(seed: int) -> SimNet:
             rng.choice(live).kill()
         elif fault == "kill_master" and master:
             sim.nodes[master].kill()
+        elif fault == "vanish_master" and master:
+            sim.nodes[master].vanish()
         elif fault == "terminate_master" and master:
             sim.nodes[master].terminate()
         elif fault == "restart" and dead:

@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 import pytest
 
+from cache.wire import Session, Welcome
 from cluster.protocol import Codec, Heartbeat, Role
 from tests.nodeproc import (
     DELAY_MS,
@@ -229,6 +230,10 @@ def test_kill_9_of_the_master_one_slave_takes_over_with_the_next_epoch(nodes: No
     new = nodes.wait_start(after=killed_at)
     assert new.node != old.node and new.epoch == old.epoch + 1
     assert new.t - killed_at <= KILL_BOUND_S, nodes.describe()
+    # the host was up: the links closed, the port refused, and no window was waited out
+    procs[new.node].wait_log(
+        rf"Master {old.node} lost: master {old.node} is gone: its link closed without a goodbye"
+    )
     assert_one_master_since(nodes, new, killed_at)
     (survivor,) = (p for n, p in procs.items() if n not in (old.node, new.node))
     survivor.wait_log(rf"Following master {new.node} \(epoch {new.epoch}\)")
@@ -263,6 +268,9 @@ def test_a_master_paused_past_its_window_steps_down_without_working(nodes: Nodes
     paused.send(signal.SIGCONT)
     assert paused.wait() == EXIT_DEMOTED, nodes.describe()
     paused.wait_log(r"Demoted: no heartbeat sent for")  # the clock came before any packet
+    for node_id, proc in procs.items():  # nothing refused a frozen process: silence ruled
+        if node_id != old.node:
+            assert "looks gone" not in proc.log(), nodes.describe()
     events = nodes.events()
     assert work_of(events, old.node, after=stopped_at) == [], nodes.describe()
     assert_one_master_since(nodes, new, stopped_at)
@@ -281,6 +289,98 @@ def test_a_restarted_node_joins_as_a_slave_and_the_master_stays(nodes: Nodes) ->
     assert_one_master_since(nodes, new, killed_at)
     assert restarted.alive() and "Promoted to Master node" not in restarted.log()
     assert overlap(nodes.events()) == 0.0
+
+
+def test_a_slave_killed_and_restarted_never_starts_an_election(nodes: Nodes) -> None:
+    procs, master = nodes.start_cluster()
+    slave = next(n for n in procs if n != master.node)
+    procs[slave].popen.kill()  # the master's link to it breaks; it beats at once
+    procs[slave].wait()
+    restarted = nodes.start(slave)
+    restarted.wait_log(rf"Following master {master.node} \(epoch {master.epoch}\)")
+    assert_one_master_since(nodes, master, -math.inf)
+    for proc in [*procs.values(), restarted]:
+        log = proc.log()
+        assert " lost: " not in log and "looks gone" not in log, nodes.describe()
+
+
+class FakeMaster:
+    """Master heartbeats from the test, with a replication port that takes one connection,
+    closes it without a goodbye and then refuses (a live master whose port refused)."""
+
+    def __init__(self, nodes: Nodes) -> None:
+        self.codec = Codec(nodes.name)
+        self.target = (GROUP, nodes.port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(WAIT_S)
+        self.port = self.listener.getsockname()[1]
+        self.sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        self.sender.setsockopt(
+            socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1")
+        )
+        self.sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
+        self.seq = 0
+        self.incarnation = random.getrandbits(32)
+
+    def beat(self) -> None:
+        self.seq += 1
+        hb = Heartbeat(
+            self.codec.cluster,
+            "fake",
+            Role.MASTER,
+            1,
+            100,
+            self.incarnation,
+            self.seq,
+            int(time.time() * 1000),
+            "127.0.0.1",
+            self.port,
+        )
+        self.sender.sendto(self.codec.encode(hb), self.target)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.sender.close()
+
+
+def test_a_refused_probe_while_the_masters_heartbeats_arrive_starts_no_election(
+    nodes: Nodes,
+) -> None:
+    fake = FakeMaster(nodes)
+    try:
+        slave = nodes.start("s")
+        fake.beat()
+        conn = None
+        beats_until = time.monotonic() + WAIT_S
+        while conn is None and time.monotonic() < beats_until:  # it follows, then connects
+            fake.listener.settimeout(DELAY_S)
+            try:
+                conn, _ = fake.listener.accept()
+            except socket.timeout:
+                fake.beat()
+        assert conn is not None, nodes.describe()
+        slave.wait_log(r"Following master fake \(epoch 1\)")
+        session = Session(None, initiator=False)
+        conn.settimeout(WAIT_S)
+        while not session.feed(conn.recv(65536)):  # the slave's Hello
+            pass
+        conn.sendall(session.encode(Welcome("fake", session.nonce, 1, False)))
+        time.sleep(DELAY_S / 8)  # the link is up
+        fake.listener.close()  # the port refuses from now on
+        conn.close()  # the link closes without a goodbye
+        fake.beat()  # and the master answers the lost link at once and again a little
+        time.sleep(DELAY_S / 8)  # later, as a live one does (Election.reassure)
+        fake.beat()
+        quiet_until = time.monotonic() + QUIET_S
+        while time.monotonic() < quiet_until:
+            time.sleep(DELAY_S)
+            fake.beat()
+        slave.wait_log(rf"replication port 127\.0\.0\.1:{fake.port} (of epoch 1 )?refused")
+        assert slave.alive(), nodes.describe()
+        log = slave.log()
+        assert " lost: " not in log and "Promoted" not in log, nodes.describe()
+    finally:
+        fake.close()
 
 
 def test_an_isolated_master_is_replaced_and_steps_down_when_the_partition_heals(
