@@ -271,7 +271,8 @@ def convert_live(summary: dict[str, Any]) -> Converted:
 
 
 def convert_takeover(results: dict[str, Any]) -> Converted:
-    """takeover.py's ``--json``: takeover after kill -9 and SIGTERM, heartbeat CPU."""
+    """takeover.py's ``--json``: takeover after the master's process died, its host went
+    and SIGTERM; heartbeat CPU."""
     rows, claims, missing = [], [], []
     settings = results["settings"]
     where = f"3 nodes on loopback, delay {settings['delay_ms']} ms, retries {settings['retries']}"

@@ -1,6 +1,6 @@
 """How long a failover cluster goes without a master, and what its heartbeats cost in CPU.
 
-Two series of runs, one after the other, on loopback (interface 127.0.0.1, TTL 0, a random
+Three series of runs, one after the other, on loopback (interface 127.0.0.1, TTL 0, a random
 port and a cluster name of each run's own, so nothing leaves the host)::
 
     python benchmarks/takeover.py [--runs 20] [--delay 200] [--retries 3] [--json FILE]
@@ -8,9 +8,18 @@ port and a cluster name of each run's own, so nothing leaves the host)::
 Each run starts three real nodes (``python -m agent.bootstrap --failover`` running
 ``takeover_adapter.py``), node a first and b and c once a is master, waits until both follow
 it and every node has heard every other, waits a random fraction of a heartbeat (so the
-signal falls anywhere in the heartbeat cycle), then kills the master with ``kill -9`` (first
-series) or stops it with SIGTERM (second series) and measures the **takeover**: from just
-before the signal to the moment the new master's adapter starts. The new master's adapter
+signal falls anywhere in the heartbeat cycle), then signals the master and measures the
+**takeover**: from just before the signal to the moment the new master's adapter starts.
+The series:
+
+* *process death*: ``kill -9`` of the master's process, its host up. The kernel closes the
+  process's sockets, the slaves' replication links break and the master's port refuses
+  them: the slaves stand at once (one ``settle``, a quarter delay, for the ranking);
+* *host gone*: SIGSTOP of the master, which stands for a host or a network that vanished:
+  nothing is closed or refused, so the slaves wait out the takeover window (the process
+  stays stopped until the run ends, and is killed then);
+* *SIGTERM*: the master resigns.
+ The new master's adapter
 writes ``time.monotonic()`` to a timeline file as its first act; CLOCK_MONOTONIC is one
 clock for the whole system on Linux, so the figure compares two processes' readings of one
 clock at nanosecond resolution, and it is what a user waits for (work resumes), including
@@ -21,7 +30,9 @@ median difference ("adapter lag").
 
 The bounds checked (those of the issue, for delay 200 ms and 3 retries):
 
-* kill -9: nominally ``delay * (retries + 1)`` (the takeover window plus one heartbeat);
+* process death: the median at most 100 ms (for other settings: a quarter delay + 50 ms),
+  the 99th percentile as for a host gone (a death the slaves miss falls back to it);
+* host gone: nominally ``delay * (retries + 1)`` (the takeover window plus one heartbeat);
   the 99th percentile must be under 1.3 s (for other settings: the nominal figure + 0.5 s);
 * SIGTERM: the master resigns, so the 99th percentile must be within 3 delays.
 
@@ -68,6 +79,8 @@ NODE_START_TIMEOUT_S = 30.0  # a join window at the default delay is 5 s: room f
 TAKEOVER_TIMEOUT_S = 15.0  # a run with no new master by then counts as failed
 KILL_LIMIT_S = 1.3  # the issue's p99 bound for kill -9 at delay 200 ms, retries 3
 KILL_SLACK_S = 0.5  # the same bound for other settings: nominal + this
+DEATH_MEDIAN_S = 0.1  # the issue's median bound for process death at delay 200 ms
+DEATH_SLACK_S = 0.05  # the same bound for other settings: a quarter delay + this
 TERM_DELAYS = 3  # the issue's bound for SIGTERM, in delays
 CPU_TARGET_PERCENT = 1.0
 ETCD_KILL_LIMIT_S = 1.0  # the etcd issue's p99 bounds at delay 200 ms, retries 3
@@ -278,6 +291,7 @@ class Series:
     bound_text: str
     runs: list[Run] = field(default_factory=list)
     etcd: bool = False
+    median_bound_s: float | None = None  # a bound on the median too, if any
 
     def figures(self) -> dict[str, Any]:
         times = [r.takeover_s for r in self.runs if r.takeover_s is not None]
@@ -301,20 +315,25 @@ class Series:
         if not ranked:
             return {"runs": 0, "failed": 0, "holds": False}
         p99 = percentile(ranked, 0.99)
+        median = statistics.median(ranked)
+        bounded = p99 <= self.bound_s and (
+            self.median_bound_s is None or median <= self.median_bound_s
+        )
         return {
             "runs": len(self.runs),
             "failed": failed,
             "wrong_epoch": wrong_epoch,
             "troubled": troubled,
-            "median_s": statistics.median(ranked),
+            "median_s": median,
             "p90_s": percentile(ranked, 0.90),
             "p99_s": p99,
             "max_s": max(ranked),
             "min_s": min(ranked),
             "adapter_lag_median_s": statistics.median(lags) if lags else None,
             "bound_s": self.bound_s,
+            "median_bound_s": self.median_bound_s,
             "bound": self.bound_text,
-            "holds": p99 <= self.bound_s and not (failed or wrong_epoch or troubled),
+            "holds": bounded and not (failed or wrong_epoch or troubled),
         }
 
 
@@ -392,15 +411,15 @@ def report(results: dict[str, Any]) -> str:
         f"delay {s['delay_ms']} ms, retries {s['retries']}, "
         f"{results['python']}; time from the signal to the new master's adapter start (ms)",
         "",
-        f"{'series':<8} {'runs':>4} {'failed':>6} {'median':>8} {'p90':>8} {'p99':>8} "
+        f"{'series':<13} {'runs':>4} {'failed':>6} {'median':>8} {'p90':>8} {'p99':>8} "
         f"{'max':>8} {'adapter lag':>12}",
     ]
     for name, f in results["series"].items():
         if not f.get("runs"):
-            out.append(f"{name:<8} no runs")
+            out.append(f"{name:<13} no runs")
             continue
         out.append(
-            f"{name:<8} {f['runs']:>4} {f['failed']:>6} {_ms(f['median_s']):>8} "
+            f"{name:<13} {f['runs']:>4} {f['failed']:>6} {_ms(f['median_s']):>8} "
             f"{_ms(f['p90_s']):>8} {_ms(f['p99_s']):>8} {_ms(f['max_s']):>8} "
             f"{_ms(f['adapter_lag_median_s']):>12}"
         )
@@ -413,9 +432,10 @@ def report(results: dict[str, Any]) -> str:
             if f["troubled"]:
                 notes.append(f"{f['troubled']} runs with two promotions or a survivor gone")
             extra = f" ({'; '.join(notes)})" if notes else ""
-            out.append(
-                f"{name}: {f['bound']}: p99 {_ms(f['p99_s'])} ms{extra}: {_verdict(f['holds'])}"
-            )
+            measured = f"p99 {_ms(f['p99_s'])} ms"
+            if f.get("median_bound_s") is not None:
+                measured = f"median {_ms(f['median_s'])} ms, {measured}"
+            out.append(f"{name}: {f['bound']}: {measured}{extra}: {_verdict(f['holds'])}")
     cpu = results.get("cpu")
     if cpu is not None:
         if "error" in cpu:
@@ -464,19 +484,25 @@ def main(argv: list[str] | None = None) -> int:
         text=True,
         check=True,
     ).stdout.strip()
-    kill_nominal = args.delay * (args.retries + 1) / 1000
-    kill_limit = (
-        KILL_LIMIT_S if (args.delay, args.retries) == (200, 3) else kill_nominal + KILL_SLACK_S
-    )
-    if args.backend == "etcd":
-        kill_limit = ETCD_KILL_LIMIT_S
-        kill_nominal = ETCD_KILL_LIMIT_S
+    defaults = (args.delay, args.retries) == (200, 3)  # the settings the issues bound
+    host_nominal = args.delay * (args.retries + 1) / 1000
+    host_limit = KILL_LIMIT_S if defaults else host_nominal + KILL_SLACK_S
+    death_median = DEATH_MEDIAN_S if defaults else args.delay / 4000 + DEATH_SLACK_S
+    # a death the slaves miss falls back to the heartbeat rule; on etcd the dead master's
+    # lease is revoked
+    kill_limit = ETCD_KILL_LIMIT_S if args.backend == "etcd" else host_limit
     series = {
-        "kill -9": Series(
-            "kill -9",
+        "process death": Series(
+            "process death",
             kill_limit,
-            f"p99 < {kill_limit * 1000:.0f} ms (nominal delay*(retries+1) = "
-            f"{kill_nominal * 1000:.0f} ms)",
+            f"median <= {death_median * 1000:.0f} ms, p99 < {kill_limit * 1000:.0f} ms",
+            median_bound_s=None if args.backend == "etcd" else death_median,
+        ),
+        "host gone": Series(
+            "host gone",
+            host_limit,
+            f"p99 < {host_limit * 1000:.0f} ms (nominal delay*(retries+1) = "
+            f"{host_nominal * 1000:.0f} ms)",
         ),
         "SIGTERM": Series(
             "SIGTERM",
@@ -485,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     if args.backend == "etcd":
-        series["kill -9"].bound_text = f"p99 < {ETCD_KILL_LIMIT_S * 1000:.0f} ms"
+        series["process death"].bound_text = f"p99 < {ETCD_KILL_LIMIT_S * 1000:.0f} ms"
         series["SIGTERM"].bound_s = ETCD_TERM_LIMIT_S
         series["SIGTERM"].bound_text = f"p99 < {ETCD_TERM_LIMIT_S * 1000:.0f} ms"
         for one in series.values():
@@ -514,7 +540,12 @@ def main(argv: list[str] | None = None) -> int:
             etcd = start_cluster(work / "etcd", 3)
             args.settings = ["failover.backend=etcd", f"failover.etcd.endpoints={etcd.endpoints}"]
         try:
-            for name, sig in (("kill -9", signal.SIGKILL), ("SIGTERM", signal.SIGTERM)):
+            signals = {
+                "process death": signal.SIGKILL,
+                "host gone": signal.SIGSTOP,
+                "SIGTERM": signal.SIGTERM,
+            }
+            for name, sig in signals.items():
                 print(f"{name} series ({args.runs} runs)", flush=True)
                 run_series(series[name], args, sig, work)
             if args.cpu_seconds > 0:
