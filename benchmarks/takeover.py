@@ -132,6 +132,9 @@ class Cluster:
         self.timing = [f"failover.delay={delay_ms}"] if delay_ms else []
         self.timing += [f"failover.retries={retries}"] if retries else []
         self.timeline = self.dir / "timeline"
+        self.program = [ADAPTER, str(self.timeline)]  # what the nodes run, and its arguments
+        self.options: list[str] = []  # the bootstrap's own, before the settings
+        self.failover = True  # False: the program alone under the agent, no cluster
         self.nodes: dict[str, Node] = {}
         self.env = {
             k: v for k, v in os.environ.items() if not k.startswith(("TWINWEAVE_", "AGENT_"))
@@ -152,10 +155,12 @@ class Cluster:
             *self.timing,
             *self.backend,
         ]
-        command = [self.python, "-m", "agent.bootstrap", "--failover"]
-        for setting in settings:
-            command += ["-D", setting]
-        command += [ADAPTER, str(self.timeline)]
+        command = [self.python, "-m", "agent.bootstrap", *self.options]
+        if self.failover:
+            command.append("--failover")
+            for setting in settings:
+                command += ["-D", setting]
+        command += self.program
         log = self.dir / f"{node_id}.log"
         with open(log, "wb") as out:
             popen = subprocess.Popen(

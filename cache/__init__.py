@@ -103,13 +103,20 @@ class Cache:
 
     # -- writes (the master's, replicated under --failover) ----------------------------------
 
-    def set(self, key: str, value: Any, expire: float | None = None) -> None:
-        """Store ``value`` under ``key``; ``expire`` seconds from now it is gone."""
+    def set(self, key: str, value: Any, expire: float | None = None, *, wait: bool = True) -> None:
+        """Store ``value`` under ``key``; ``expire`` seconds from now it is gone.
+
+        Every write takes ``wait``: under ``cache.replication=sync`` the write returns
+        once every live slave has it; ``wait=False`` returns as soon as it is stored
+        here and on its way to the slaves (in order, before anything written after it),
+        for changes whose loss in a takeover does no harm, such as removing the record
+        of work already finished: a master that dies just then may leave it undone.
+        """
         encoded = encode_value(value)
         expire_at = None if expire is None else time.time() + float(expire)
-        self._write(Kind.PUT, check_key(key), encoded, expire_at)
+        self._write(Kind.PUT, check_key(key), encoded, expire_at, wait)
 
-    def set_many(self, items: Any, expire: float | None = None) -> None:
+    def set_many(self, items: Any, expire: float | None = None, *, wait: bool = True) -> None:
         """Store several entries at once (a mapping or (key, value) pairs), in order.
 
         One local transaction, and under ``--failover`` one frame and one
@@ -124,7 +131,7 @@ class Cache:
         if not fields:
             return
         if self._writer is not None:
-            self._writer.write_many(fields)
+            self._writer.write_many(fields, wait)
             return
         with self._store.transaction():
             for _, _, key, encoded, at in fields:
@@ -133,22 +140,24 @@ class Cache:
     def __setitem__(self, key: str, value: Any) -> None:
         self.set(key, value)
 
-    def delete(self, key: str) -> bool:
-        """Remove ``key``; True if it was there."""
+    def delete(self, key: str, *, wait: bool = True) -> bool:
+        """Remove ``key``; True if it was there. ``wait``: as for :meth:`set`."""
         existed = check_key(key) in self._store
-        self._write(Kind.DELETE, key, b"", None)
+        self._write(Kind.DELETE, key, b"", None, wait)
         return existed
 
     def __delitem__(self, key: str) -> None:
         if not self.delete(key):
             raise KeyError(key)
 
-    def clear(self) -> None:
-        self._write(Kind.CLEAR, "", b"", None)
+    def clear(self, *, wait: bool = True) -> None:
+        self._write(Kind.CLEAR, "", b"", None, wait)
 
-    def _write(self, kind: Kind, key: str, encoded: bytes, expire_at: float | None) -> None:
+    def _write(
+        self, kind: Kind, key: str, encoded: bytes, expire_at: float | None, wait: bool = True
+    ) -> None:
         if self._writer is not None:
-            self._writer.write((kind, self.name, key, encoded, expire_at))
+            self._writer.write((kind, self.name, key, encoded, expire_at), wait)
         else:
             self._store.apply(kind, key, encoded, expire_at)
 

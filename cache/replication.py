@@ -201,10 +201,11 @@ dropped; a slave further behind reports the age of the oldest one kept)."""
 class _Ticket:
     """One writer's changes, waiting to be carried by a group commit."""
 
-    __slots__ = ("done", "error", "fields", "position")
+    __slots__ = ("done", "error", "fields", "position", "wait")
 
-    def __init__(self, fields: list[tuple]) -> None:
+    def __init__(self, fields: list[tuple], wait: bool = True) -> None:
         self.fields = fields
+        self.wait = wait  # for the slaves' acknowledgements (in sync mode)
         self.done = False
         self.error: BaseException | None = None
         self.position = (0, 0)
@@ -246,6 +247,9 @@ class Hub:
             maxlen=COMMIT_TIMES
         )
         self._awaiting = False  # a writer waits for acknowledgements (under the lock)
+        #: what the waiting writer waits for (its links, the seq): the receive threads wake
+        #: it once, when the last of them acknowledged, not at every acknowledgement
+        self._awaited: tuple[list[_Link], int] | None = None
         self._committing = False
         self.snapshots = 0  # full snapshots sent (the rest caught up from the log)
         #: called when a link ends without a Refuse (the slave went, or the link broke)
@@ -300,15 +304,17 @@ class Hub:
             finally:
                 self._awaiting = False
 
-    def write(self, op_fields: tuple) -> tuple[int, int]:
+    def write(self, op_fields: tuple, wait: bool = True) -> tuple[int, int]:
         """Apply (kind, cache, key, value, expire_at) here, stream it, and in sync mode wait."""
-        return self.write_many([op_fields])
+        return self.write_many([op_fields], wait)
 
-    def write_many(self, ops_fields: list[tuple]) -> tuple[int, int]:
+    def write_many(self, ops_fields: list[tuple], wait: bool = True) -> tuple[int, int]:
         """Several changes as one: one local transaction, one frame, one acknowledgement.
 
         Each tuple is (kind, cache, key, encoded value, expire_at). Returns the
-        position of the last one.
+        position of the last one. ``wait=False``: in sync mode too, return once the
+        changes are applied here and streamed, without waiting for the slaves (the
+        stream keeps them in order; a later write that waits covers them too).
 
         Group commit: writers in several threads queue their changes; whichever finds
         no commit under way leads one for everything queued (one transaction, one
@@ -317,7 +323,7 @@ class Hub:
         """
         if not ops_fields:
             return self.replica.position
-        ticket = _Ticket(list(ops_fields))
+        ticket = _Ticket(list(ops_fields), wait)
         with self.lock:
             self._check_master()
             self._queued.append(ticket)
@@ -375,7 +381,7 @@ class Hub:
                 if link.live:
                     waiting.append(link)
             self.replica.apply_pending()
-            if self.sync and waiting:
+            if self.sync and waiting and any(ticket.wait for ticket in group):
                 self._await(waiting, last)
                 if self.epoch != epoch or not self.is_master():
                     # the wait outlived our mastership (a pause, a demotion): a slave may
@@ -398,10 +404,12 @@ class Hub:
         # the acknowledgement before they look at it, and we look at the acknowledgements
         # after setting it, so none is missed.
         self._awaiting = True
+        self._awaited = (links, seq)
         try:
             self._await_acks(links, seq)
         finally:
             self._awaiting = False
+            self._awaited = None
 
     def _await_acks(self, links: list[_Link], seq: int) -> None:
         deadline = time.monotonic() + self.ack_timeout
@@ -484,10 +492,15 @@ class Hub:
             if link.live and not self._awaiting:
                 return  # nobody waits for acknowledgements (async, or idle): no lock
             with self.lock:
+                awaited = self._awaited
                 if not link.live and not link.closed and link.acked[1] >= link.target[1]:
                     link.live = True
                     log.info("slave %s is live at (%d, %d)", link.node_id, *link.acked)
-                self.cond.notify_all()
+                    awaited = None
+                if awaited is None or all(
+                    other.closed or other.acked[1] >= awaited[1] for other in awaited[0]
+                ):
+                    self.cond.notify_all()
         elif isinstance(frame, Refuse):
             link.close(f"the slave refused: {frame.reason}")
         else:

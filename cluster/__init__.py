@@ -89,8 +89,11 @@ def inflight() -> list[dict]:
     ``step``, ``start`` (Unix time), ``node``, ``epoch``, and, when a span was
     current as the workflow started (OpenTelemetry), its W3C trace context:
     ``traceparent``, plus ``tracestate`` when not empty (the ``opentelemetry``
-    plugin links the redelivery's span to it). Redeliver them. Empty outside
-    failover mode, on a slave, or when nothing was in flight.
+    plugin links the redelivery's span to it). Redeliver them, checking first
+    whether each was delivered: a master can die after a message's work and before
+    its record went (the record's removal is not waited for, so it may also be the
+    call that ended just before the takeover). Empty outside failover mode, on a
+    slave, or when nothing was in flight.
     """
     if _node is None:
         return []

@@ -185,7 +185,8 @@ class DeliveryJournal:
         self.store.set(self.key(message_id), entry)
 
     def forget(self, message_id: str) -> None:
-        self.store.delete(self.key(message_id))
+        """Not waited for: if a takeover loses it, recover() forgets the entry again."""
+        self.store.delete(self.key(message_id), wait=False)
 
     def pending(self) -> list[str]:
         """The message ids with an entry (normally none: a crash leaves at most one)."""

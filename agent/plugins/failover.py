@@ -16,9 +16,12 @@ also carries that span's W3C trace context, ``traceparent`` (and ``tracestate``
 when it is not empty), so that the new master's redelivery can link to the dead
 master's span. Without OpenTelemetry this costs nothing and imports nothing.
 
-Cost: two replicated cache writes per workflow call (synchronous by default:
-each waits for the live slaves), so use it on workflows (one call per
-message), not on hot inner functions.
+Cost: two replicated cache writes per workflow call, so use it on workflows
+(one call per message), not on hot inner functions. The start is synchronous by
+default (the record is on every live slave before the workflow runs); the
+removal at the end is not waited for (``wait=False``): lost in a takeover, it
+leaves a record of a call that ended, which a record of a call under way may
+always be.
 """
 
 from __future__ import annotations
@@ -90,7 +93,10 @@ class FailoverPlugin(Plugin):
             return
         store = self._store()
         if store is not None:
-            store.delete(str(step.message_id))
+            # not waited for: a master that dies before the slaves have the removal leaves
+            # the record of a call that ended, and a record only ever says "was under way,
+            # may have finished" (a master can die after the work, before this line)
+            store.delete(str(step.message_id), wait=False)
 
 
 _propagator: Any = None

@@ -495,3 +495,29 @@ def test_a_master_dropping_a_slave_or_a_slave_restarting_is_no_death(rig):
     assert wait_for(lambda: r.hub.live_slaves() == ["s1"])
     r.cache().set("a", 1)
     assert reports == []  # nothing ever refused: no one reports the master gone
+
+
+def test_a_write_not_waited_for_returns_at_once_and_the_next_one_covers_it(rig):
+    r = rig(ack_timeout=0.3)
+    sock = socket.create_connection(("127.0.0.1", r.hub.port))
+    try:
+        session = Session(SECRET, initiator=True)
+        sock.sendall(session.encode(Hello("c", "mute", session.nonce, 1, 0, 0)))
+        sock.settimeout(5)
+        session.feed(sock.recv(65536))
+        assert wait_for(lambda: r.hub.live_slaves() == ["mute"])
+        c = r.cache()
+        c.set("a", 1, wait=False)  # "mute" never acknowledges: nothing waits for it
+        assert c.delete("a", wait=False) is True
+        assert r.hub.dropped_slow == 0 and r.hub.live_slaves() == ["mute"]
+        c.set("b", 2)  # this one waits, for everything before it too: mute is dropped
+        assert r.hub.dropped_slow == 1
+    finally:
+        sock.close()
+    _, replica = r.follower("s1")
+    assert wait_for(lambda: r.hub.live_slaves() == ["s1"])
+    c.set("c", 3, wait=False)
+    c.set_many({"d": 4}, wait=False)
+    c.set("e", 5)  # on the slave when it returns, and so is everything before it
+    assert replica.position == r.replica.position
+    assert contents(replica) == {"b": 2, "c": 3, "d": 4, "e": 5}
