@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
@@ -201,21 +202,28 @@ def test_a_slave_refuses_changes_from_a_stale_epoch(rig):
     assert contents(replica) == {"a": 1}
 
 
-def test_a_silent_slave_is_dropped_and_the_write_returns(rig):
-    r = rig(ack_timeout=0.3)
+@contextlib.contextmanager
+def mute_slave(r: Rig):
+    """A slave that says hello, is live at once (both at (0, 0)) and never acknowledges."""
     sock = socket.create_connection(("127.0.0.1", r.hub.port))
     try:
         session = Session(SECRET, initiator=True)
         sock.sendall(session.encode(Hello("c", "mute", session.nonce, 1, 0, 0)))
         sock.settimeout(5)
-        session.feed(sock.recv(65536))  # the welcome; both are at (0, 0): live at once
+        session.feed(sock.recv(65536))  # the welcome
         assert wait_for(lambda: r.hub.live_slaves() == ["mute"])
+        yield sock
+    finally:
+        sock.close()
+
+
+def test_a_silent_slave_is_dropped_and_the_write_returns(rig):
+    r = rig(ack_timeout=0.3)
+    with mute_slave(r):
         started = time.monotonic()
         r.cache().set("a", 1)  # never acknowledged by "mute"
         assert 0.25 <= time.monotonic() - started < 3
         assert r.hub.dropped_slow == 1 and r.hub.live_slaves() == []
-    finally:
-        sock.close()
 
 
 @pytest.mark.parametrize("attack", ["garbage", "wrong-secret", "no-secret"])
@@ -499,21 +507,13 @@ def test_a_master_dropping_a_slave_or_a_slave_restarting_is_no_death(rig):
 
 def test_a_write_not_waited_for_returns_at_once_and_the_next_one_covers_it(rig):
     r = rig(ack_timeout=0.3)
-    sock = socket.create_connection(("127.0.0.1", r.hub.port))
-    try:
-        session = Session(SECRET, initiator=True)
-        sock.sendall(session.encode(Hello("c", "mute", session.nonce, 1, 0, 0)))
-        sock.settimeout(5)
-        session.feed(sock.recv(65536))
-        assert wait_for(lambda: r.hub.live_slaves() == ["mute"])
+    with mute_slave(r):
         c = r.cache()
         c.set("a", 1, wait=False)  # "mute" never acknowledges: nothing waits for it
         assert c.delete("a", wait=False) is True
         assert r.hub.dropped_slow == 0 and r.hub.live_slaves() == ["mute"]
         c.set("b", 2)  # this one waits, for everything before it too: mute is dropped
         assert r.hub.dropped_slow == 1
-    finally:
-        sock.close()
     _, replica = r.follower("s1")
     assert wait_for(lambda: r.hub.live_slaves() == ["s1"])
     c.set("c", 3, wait=False)
