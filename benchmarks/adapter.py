@@ -20,8 +20,8 @@ Once the adapter polls its inbox, ``--files`` messages (about 40 bytes each, wri
 beforehand to a folder beside the inbox) are moved into it with ``os.rename``; the figure
 is messages / (the time the inbox is empty again - the first rename), the inbox being
 looked at every millisecond (an input file is removed only after its output exists). The
-ratio failover / alone of each repetition is reported, with the median over the
-repetitions; the issue's target is >= 0.5. The CPU time each process used during the batch
+figures are the medians over the repetitions and their ratio failover / alone (each
+repetition's own ratio is shown too); the issue's target is >= 0.5. The CPU time each process used during the batch
 (``/proc/PID/stat``), per message, shows where the time goes: on two cores, three busy
 processes wait for each other.
 
@@ -137,7 +137,7 @@ def report(results: dict[str, Any]) -> str:
         out.append(f"CPU per message, {mode} (us, median; a is the master): {shares}")
     out += [
         "",
-        f"failover with 2 slaves x alone: median {f['ratio_median']:.2f}x "
+        f"failover with 2 slaves x alone (medians): {f['ratio']:.2f}x "
         f"(target >= {TARGET}x): {verdict}",
     ]
     return "\n".join(out)
@@ -180,14 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         except BenchError as exc:
             print(f"could not measure: {exc}", file=sys.stderr)
             return 1
-    ratios = [f / a for a, f in zip(results["alone"], results["failover"])]
+    alone, failover = statistics.median(results["alone"]), statistics.median(results["failover"])
     results["figures"] = {
-        "alone_median": statistics.median(results["alone"]),
-        "failover_median": statistics.median(results["failover"]),
-        "ratio_median": statistics.median(ratios),
-        "ratios": ratios,
+        "alone_median": alone,
+        "failover_median": failover,
+        "ratio": failover / alone,
+        "ratios": [f / a for a, f in zip(results["alone"], results["failover"])],
         "target": TARGET,
-        "holds": statistics.median(ratios) >= TARGET,
+        "holds": failover / alone >= TARGET,
     }
     results["elapsed_s"] = time.monotonic() - began
     print()

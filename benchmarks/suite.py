@@ -361,6 +361,31 @@ def convert_replication(results: dict[str, Any]) -> Converted:
     return {"rows": rows, "claims": claims, "missing": missing, "about": about}
 
 
+def convert_adapter(results: dict[str, Any]) -> Converted:
+    """adapter.py's ``--json``: the example adapter's messages/s alone and under failover."""
+    f = results["figures"]
+    files = results["settings"]["files"]
+    alone = _row("example adapter alone", f["alone_median"], "/s", f"messages/s, {files} files")
+    failover = _row(
+        "example adapter, failover, 2 slaves",
+        f["failover_median"],
+        "/s",
+        f"messages/s, {files} files",
+    )
+    _compared(failover, alone)
+    claims = [
+        {
+            "text": f"example adapter under --failover with 2 slaves >= {f['target']}x alone",
+            "holds": bool(f["holds"]),
+        }
+    ]
+    about = (
+        f"examples/fs_adapter.py with examples/aop.xml, --delay-ms 0; median of "
+        f"{results['settings']['repeat']} repetitions"
+    )
+    return {"rows": [alone, failover], "claims": claims, "missing": [], "about": about}
+
+
 PYPERF_ARGS = {"full": (), "quick": ("--quick",), "smoke": ("--debug-single-value",)}
 """A pyperf script's options in each mode: pyperf's defaults, the script's ``--quick``, and
 pyperf's quickest mode (one worker, one value of one loop per row)."""
@@ -417,6 +442,18 @@ SECTIONS: tuple[Section, ...] = (
             "smoke": ("--writes", "40", "--repeat", "1"),
         },
         convert=convert_replication,
+    ),
+    Section(
+        "adapter",
+        "the example adapter under failover against alone",
+        "adapter.py",
+        pyperf=False,
+        args={
+            "full": (),
+            "quick": ("--files", "500", "--repeat", "1"),
+            "smoke": ("--files", "20", "--repeat", "1"),
+        },
+        convert=convert_adapter,
     ),
 )
 TIMEOUT_S = {"full": 3600.0, "quick": 300.0, "smoke": 180.0}

@@ -115,6 +115,13 @@ HEADLINES: tuple[tuple[str, str, str, str], ...] = (
         "ratio",
         "async to 2 slaves, `set_many(100)`",
     ),
+    ("adapter", "example adapter alone", "value", "example adapter alone, messages/s"),
+    (
+        "adapter",
+        "example adapter, failover, 2 slaves",
+        "ratio",
+        "... under `--failover` with 2 slaves (x alone)",
+    ),
 )
 
 ADDED_RATIO_OF = {"twinweave_timing": "timing alone", "otel_sdk_span": "the SDK span"}
