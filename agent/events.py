@@ -119,13 +119,31 @@ class Step(NamedTuple):
 
 
 class _MessageContext:
-    """The message a chain of nested steps belongs to, and the next step's order."""
+    """The message a chain of nested steps belongs to, and the next step's order.
 
-    __slots__ = ("message_id", "next_order")
+    ``outer`` is the context that was current when the step that made this one began;
+    ``open`` stays True until that step ends. Steps of generators and coroutines may end
+    in any order: the one that ends restores the nearest still-open outer context, and
+    only when its own is the current one (else another step's context is current, and
+    that step restores when it ends), so no ended message is ever left current.
+    """
 
-    def __init__(self, message_id: str) -> None:
+    __slots__ = ("message_id", "next_order", "open", "outer")
+
+    def __init__(self, message_id: str, outer: _MessageContext | None) -> None:
         self.message_id = message_id
         self.next_order = 0
+        self.outer = outer
+        self.open = True
+
+    def close(self) -> None:
+        """The step that made this context ended."""
+        self.open = False
+        if _current_message.get() is self:
+            outer = self.outer
+            while outer is not None and not outer.open:
+                outer = outer.outer
+            _current_message.set(outer)
 
 
 _current_message: contextvars.ContextVar[_MessageContext | None] = contextvars.ContextVar(
@@ -270,7 +288,7 @@ class Probe:
         outer = _current_message.get()
         ctx = outer
         if message_id is not None and (outer is None or outer.message_id != message_id):
-            ctx = _MessageContext(message_id)
+            ctx = _MessageContext(message_id, outer)
             _current_message.set(ctx)
         if ctx is not None:
             order = ctx.next_order
@@ -314,7 +332,7 @@ class Probe:
         failed = None if exc is None or isinstance(exc, GeneratorExit) else type(exc).__name__
         (self.ok_append if failed is None else self.failed_append)(duration)
         if ctx is not outer:
-            _current_message.set(outer)
+            ctx.close()
         if self.step_receivers:
             jp = self.joinpoint
             step = _new_tuple(

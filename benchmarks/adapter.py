@@ -21,9 +21,9 @@ beforehand to a folder beside the inbox) are moved into it with ``os.rename``; t
 is messages / (the time the inbox is empty again - the first rename), the inbox being
 looked at every millisecond (an input file is removed only after its output exists). The
 figures are the medians over the repetitions and their ratio failover / alone (each
-repetition's own ratio is shown too); the issue's target is >= 0.5. The CPU time each process used during the batch
-(``/proc/PID/stat``), per message, shows where the time goes: on two cores, three busy
-processes wait for each other.
+repetition's own ratio is shown too); the issue's target is >= 0.5. The CPU time each
+process used during the batch (``/proc/PID/stat``), per message, shows where the time
+goes: on two cores, three busy processes wait for each other.
 
 The script reports and exits 0 when it could measure (a reviewer judges), 1 when it could
 not run at all. Nothing is shared with the tests.
