@@ -366,30 +366,29 @@ def _fix_filename(code: CodeType, source: str) -> None:
 
 
 def _valid_table(table: Any) -> bool:
-    if not isinstance(table, tuple):
+    """Whether ``table`` has the shape :func:`_strip` writes (a loop, not nested
+    generators: it runs for every woven function of every module at each start-up)."""
+    if type(table) is not tuple:
         return False
+    modes = templates.MODES
     for row in table:
-        if not (isinstance(row, tuple) and len(row) == 4):
+        if type(row) is not tuple or len(row) != 4:
             return False
         path, qualname, shape, slots = row
-        if not (
-            isinstance(path, tuple)
-            and all(isinstance(i, int) for i in path)
-            and isinstance(qualname, str)
-            and isinstance(shape, tuple)
-            and len(shape) == 2
-            and shape[0] in templates.MODES
-            and (shape[1] is None or isinstance(shape[1], str))
-            and isinstance(slots, tuple)
-            and all(
-                isinstance(s, tuple)
-                and len(s) == 2
-                and isinstance(s[0], int)
-                and isinstance(s[1], str)
-                for s in slots
-            )
-        ):
+        if type(path) is not tuple or type(qualname) is not str or type(slots) is not tuple:
             return False
+        if type(shape) is not tuple or len(shape) != 2 or shape[0] not in modes:
+            return False
+        if shape[1] is not None and type(shape[1]) is not str:
+            return False
+        for index in path:
+            if type(index) is not int:
+                return False
+        for slot in slots:
+            if type(slot) is not tuple or len(slot) != 2:
+                return False
+            if type(slot[0]) is not int or type(slot[1]) is not str:
+                return False
     return True
 
 

@@ -268,13 +268,26 @@ def _corrupt_variants(data: bytes) -> dict[str, bytes]:
     import zlib
 
     head = len(codecache._HEADER) + 12
-    payload = marshal.dumps(("not", "an", "entry"))
-    well_framed = (
-        data[: len(codecache._HEADER) + 4]
-        + len(payload).to_bytes(4, "little")
-        + zlib.crc32(payload).to_bytes(4, "little")
-        + payload
-    )
+
+    def framed(entry: object) -> bytes:
+        payload = marshal.dumps(entry)
+        return (
+            data[: len(codecache._HEADER) + 4]
+            + len(payload).to_bytes(4, "little")
+            + zlib.crc32(payload).to_bytes(4, "little")
+            + payload
+        )
+
+    well_framed = framed(("not", "an", "entry"))
+    key, code, table = marshal.loads(data[head:])
+    path, qualname, shape, slots = table[0]
+    bad_tables = {
+        "a table that is a list": list(table),
+        "a short row": ((path, qualname, shape),),
+        "a path of strings": ((("0",), qualname, shape, slots),),
+        "an unknown mode": ((path, qualname, ("bogus", None), slots),),
+        "a slot index that is a string": ((path, qualname, shape, (("0", "enter"),)),),
+    }
     flipped = bytearray(data)
     flipped[head + len(data[head:]) // 2] ^= 0xFF
     return {
@@ -285,6 +298,7 @@ def _corrupt_variants(data: bytes) -> dict[str, bytes]:
         "a flipped byte": bytes(flipped),
         "garbage": os.urandom(len(data)),
         "wrong type": well_framed,
+        **{name: framed((key, code, bad)) for name, bad in bad_tables.items()},
     }
 
 
