@@ -513,10 +513,11 @@ def run_demo(demo: Demo, out: Callable[[str], None]) -> list[str]:
         if e.node in stepped_down and e.epoch > first.epoch:
             note = " (a simultaneous claim: it stepped down with exit 75, as designed)"
         out(f"  {s.elapsed(e.t):6.1f} s  {e.node}, epoch {e.epoch}{note}")
-    nominal = DELAY_MS * (RETRIES + 1)
+    silent = DELAY_MS * (RETRIES + 1)
     out(
-        f"takeover after kill -9: {takeover:.2f} s (nominal: {RETRIES} missed heartbeats, then "
-        f"one more delay to claim = {nominal} ms)"
+        f"takeover after kill -9: {takeover:.2f} s (nominal: its links close and its port "
+        f"refuses, then a quarter delay to rank = {DELAY_MS // 4} ms; had its host gone: "
+        f"{RETRIES} missed heartbeats, then one more delay to claim = {silent} ms)"
     )
     by_node = ", ".join(f"{node} {count}" for node, count in sorted(f["by_node"].items()))
     out(f"files delivered: {f['delivered']} of {s.files} ({by_node}); lost: {f['lost']}")
