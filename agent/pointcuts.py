@@ -392,8 +392,23 @@ class And(Pointcut):
 @dataclass(frozen=True)
 class Or(Pointcut):
     parts: tuple[Pointcut, ...]
+    #: when every part is an ``execution`` with the same ARGS (``execution(* a..*(..)) or
+    #: execution(* b..*(..))``, the usual way to name several packages): their name
+    #: patterns as one regular expression, and those ARGS; one match instead of one per part
+    _fused: tuple[re.Pattern[str], Params] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fused = None
+        executions = [part for part in self.parts if isinstance(part, Execution)]
+        if len(executions) == len(self.parts) and len({e.params for e in executions}) == 1:
+            names = re.compile("|".join(f"(?:{e.name._full.pattern})" for e in executions))
+            fused = (names, executions[0].params)
+        object.__setattr__(self, "_fused", fused)
 
     def matches(self, name: str, params: Sequence[str]) -> bool:
+        fused = self._fused
+        if fused is not None:
+            return fused[0].fullmatch(name) is not None and fused[1].matches(params)
         return any(part.matches(name, params) for part in self.parts)
 
     def _verdict(self, module: str) -> _Verdict:

@@ -927,6 +927,27 @@ def test_module_may_match_is_never_false_when_something_matches(
 
 
 @PROPERTY
+@given(
+    st.lists(names_patterns, min_size=2, max_size=5),
+    param_patterns,
+    st.lists(join_points, min_size=1, max_size=8),
+)
+def test_executions_or_ed_together_match_like_the_reference(
+    names: list[Name], params: list[str] | None, points: list[tuple[list[str], list[str]]]
+) -> None:
+    """``execution(* a..*(..)) or execution(* b..*(..))`` is matched as one expression."""
+    args = ".." if params is None else ", ".join(params)
+    text = " or ".join(f"execution(* {name_text(name)}({args}))" for name in names)
+    pointcut = parse_expression(text)
+    assert isinstance(pointcut, Or) and pointcut._fused is not None
+    for segments, point_params in points:
+        expected = any(
+            reference(("execution", name, params), segments, point_params) for name in names
+        )
+        assert pointcut.matches(".".join(segments), point_params) is expected, (segments, text)
+
+
+@PROPERTY
 @given(names_patterns, st.lists(st.sampled_from(SEGMENTS), min_size=1, max_size=3), join_points)
 def test_pattern_module_questions_are_sound(
     name: Name, module: list[str], point: tuple[list[str], list[str]]
