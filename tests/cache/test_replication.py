@@ -460,6 +460,7 @@ def test_a_master_process_gone_is_reported_once_with_when_its_link_closed(rig):
     follower, reports = gone_recorder(r, "s1")
     follower.follow("127.0.0.1", r.hub.port, 1)
     assert wait_for(lambda: r.hub.live_slaves() == ["s1"])
+    r.cache().set("a", 1)  # acknowledged: the slave has its welcome and follows the stream
     port = r.hub.port
     before = time.monotonic()
     # what the kernel does for a killed process: its sockets close, nothing is said
