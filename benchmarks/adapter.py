@@ -46,7 +46,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:  # run as a script: benchmarks/ is on the path, not the project
     sys.path.insert(0, _REPO)
 
-from benchmarks.takeover import BenchError, Cluster  # noqa: E402
+from benchmarks.takeover import BenchError, Cluster, _verdict  # noqa: E402
 
 ADAPTER = os.path.join(_REPO, "examples", "fs_adapter.py")
 POINTCUTS = os.path.join(_REPO, "examples", "aop.xml")
@@ -127,7 +127,6 @@ def report(results: dict[str, Any]) -> str:
     ]
     for alone, failover in zip(results["alone"], results["failover"]):
         out.append(f"{alone:>10.0f} {failover:>10.0f} {failover / alone:>6.2f}x")
-    verdict = "holds" if f["holds"] else "FAILS"
     cpu = results["cpu_us_per_message"]
     for mode in ("alone", "failover"):
         nodes = sorted({n for run in cpu[mode] for n in run})
@@ -138,7 +137,7 @@ def report(results: dict[str, Any]) -> str:
     out += [
         "",
         f"failover with 2 slaves x alone (medians): {f['ratio']:.2f}x "
-        f"(target >= {TARGET}x): {verdict}",
+        f"(target >= {TARGET}x): {_verdict(f['holds'])}",
     ]
     return "\n".join(out)
 

@@ -406,6 +406,25 @@ def _pyperf_section(
     )
 
 
+def _script_section(
+    name: str,
+    title: str,
+    convert: Callable[[dict[str, Any]], Converted],
+    quick: tuple[str, ...],
+    smoke: tuple[str, ...],
+) -> Section:
+    """The section of the plain script ``NAME.py`` (its own ``--json``; its defaults in the
+    full mode, ``quick`` and ``smoke`` its options in the others)."""
+    return Section(
+        name,
+        title,
+        f"{name}.py",
+        pyperf=False,
+        args={"full": (), "quick": quick, "smoke": smoke},
+        convert=convert,
+    )
+
+
 SECTIONS: tuple[Section, ...] = (
     _pyperf_section("overhead", "per-call overhead against the alternatives", convert_overhead),
     _pyperf_section(
@@ -419,41 +438,26 @@ SECTIONS: tuple[Section, ...] = (
         full=1800.0,
         smoke=120.0,
     ),
-    Section(
+    _script_section(
         "takeover",
         "cluster: takeover time and heartbeat CPU",
-        "takeover.py",
-        pyperf=False,
-        args={
-            "full": (),
-            "quick": ("--runs", "5", "--cpu-seconds", "5"),
-            "smoke": ("--runs", "1", "--cpu-seconds", "0"),
-        },
-        convert=convert_takeover,
+        convert_takeover,
+        quick=("--runs", "5", "--cpu-seconds", "5"),
+        smoke=("--runs", "1", "--cpu-seconds", "0"),
     ),
-    Section(
+    _script_section(
         "replication",
         "replicated cache writes against local diskcache",
-        "replication.py",
-        pyperf=False,
-        args={
-            "full": (),
-            "quick": ("--writes", "1000", "--repeat", "1"),
-            "smoke": ("--writes", "40", "--repeat", "1"),
-        },
-        convert=convert_replication,
+        convert_replication,
+        quick=("--writes", "1000", "--repeat", "1"),
+        smoke=("--writes", "40", "--repeat", "1"),
     ),
-    Section(
+    _script_section(
         "adapter",
         "the example adapter under failover against alone",
-        "adapter.py",
-        pyperf=False,
-        args={
-            "full": (),
-            "quick": ("--files", "500", "--repeat", "1"),
-            "smoke": ("--files", "20", "--repeat", "1"),
-        },
-        convert=convert_adapter,
+        convert_adapter,
+        quick=("--files", "500", "--repeat", "1"),
+        smoke=("--files", "20", "--repeat", "1"),
     ),
 )
 TIMEOUT_S = {"full": 3600.0, "quick": 300.0, "smoke": 180.0}

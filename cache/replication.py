@@ -224,6 +224,7 @@ class Hub:
         ack_timeout: float,
         is_master: Callable[[], bool],
         sync: bool = True,
+        on_link_lost: Callable[[], None] | None = None,
     ) -> None:
         self.replica = replica
         self.cluster = cluster
@@ -253,7 +254,7 @@ class Hub:
         self._committing = False
         self.snapshots = 0  # full snapshots sent (the rest caught up from the log)
         #: called when a link ends without a Refuse (the slave went, or the link broke)
-        self.on_link_lost: Callable[[], None] | None = None
+        self.on_link_lost = on_link_lost
         self._listener = socket.create_server((host, 0))
         self._listener.settimeout(0.5)
         self.port = self._listener.getsockname()[1]

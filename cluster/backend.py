@@ -111,10 +111,10 @@ class Backend(abc.ABC):
     def master_gone(self, host: str, port: int, epoch: int, closed_at: float | None) -> None:
         """The master of ``epoch`` at host:port refused a replication connection: its host
         says no process listens there, so it died. ``closed_at`` (``time.monotonic()``) is
-        when the link to it closed without a goodbye just before, None when there was no
-        link. A backend may stand at once instead of waiting for the master's lease or
-        heartbeats to run out (called from the follower's thread); by default nothing
-        changes."""
+        when a link that this master had welcomed closed without a goodbye before the
+        refusal, None when none did since the last report. A backend may stand at once
+        instead of waiting for the master's lease or heartbeats to run out (called from the
+        follower's thread); by default nothing changes."""
         return None
 
     # -- what the node reads (status, metrics) ------------------------------------------

@@ -325,8 +325,8 @@ class Node:
             ack_timeout=min(5.0, max(0.2, 2 * s.delay_s)),
             is_master=self.is_master,
             sync=s.replication == "sync",
+            on_link_lost=self.backend.link_lost,
         )
-        self.hub.on_link_lost = self.backend.link_lost
         self.port = self.hub.port
         self.follower = Follower(
             self.replica,
