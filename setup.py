@@ -38,12 +38,17 @@ class editable_wheel_with_pth(editable_wheel):
         shutil.copyfile(SOURCE, os.path.join(installation_dir, PTH))
 
 
-# The timing accelerator is optional: without a C compiler the install goes on and
-# timing-mode probes use the pure-Python path (agent/speedups.py says which runs).
+# The C parts are optional: without a C compiler the install goes on, timing-mode
+# probes use the pure-Python path (agent/speedups.py says which runs) and the weaver
+# its Python core.
 SPEEDUPS = (
     []
     if os.environ.get("TWINWEAVE_PURE_PYTHON")
-    else [Extension("agent._speedups", ["agent/_speedups.c"], optional=True)]
+    else [
+        Extension("agent._speedups", ["agent/_speedups.c"], optional=True),
+        # The direct patcher's core (agent/weaving/patch.py has the same in Python).
+        Extension("agent.weaving._patch", ["agent/weaving/_patch.c"], optional=True),
+    ]
 )
 
 setup(

@@ -68,7 +68,8 @@ Rows (pyperf benchmarks):
   value is one pass of those ``get_code`` calls over every module of the package,
   each served from the cache; pyperf divides by the functions woven per pass.
   Matching results and probes are cached in the process by then: what is left is
-  reading the entry, ``marshal``, and putting the probes' constants back.
+  reading the entry, ``marshal``, and putting the probes' constants back. Each pass
+  starts from a collected heap, as each import child does (:func:`time_warm`).
 
 Every child with the agent gets ``AGENT_CODE_CACHE`` set to a folder of the run's own
 (an empty one per value except for the warm import row), so no entry from an earlier
@@ -100,6 +101,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import gc
 import importlib
 import json
 import math
@@ -520,7 +522,11 @@ def time_warm(loops: int) -> float:
     """pyperf's time function of the warm row: ``loops`` weaving passes, seconds.
 
     The woven code objects of a pass are kept until its clock stops, as an import
-    keeps them, so freeing them is not in the figure.
+    keeps them, so freeing them is not in the figure. Each pass starts from a
+    collected heap (``gc.collect()`` before its clock starts, as every import child
+    does): otherwise what earlier passes left behind makes a full collection fall
+    into every third value or so of a worker, a cost of this loop and not of an
+    import. Collections the pass's own allocations cause stay in the figure.
     """
     global _warm
     if _warm is None:
@@ -538,6 +544,7 @@ def time_warm(loops: int) -> float:
     stats = _warm.cache.stats
     hits = stats.hits
     for _ in range(loops):
+        gc.collect()
         start = clock()
         kept = weave_pass(_warm)
         total += clock() - start

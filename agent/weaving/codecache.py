@@ -84,7 +84,7 @@ _PLACEHOLDER = "twinweave-slot"
 Resolver = Callable[[CodeType, str, Sequence[str]], Optional[Probe]]
 """The agent's ``probe_for``: code, qualname, module names -> probe or None."""
 
-_WEAVER_FILES = ("rewrite", "templates", "env", "codecache")
+_WEAVER_FILES = ("rewrite.py", "patch.py", "_patch.c", "templates.py", "env.py", "codecache.py")
 
 
 def _agent_fingerprint() -> str:
@@ -95,7 +95,7 @@ def _agent_fingerprint() -> str:
     folder = os.path.dirname(os.path.abspath(weaving.__file__))
     for name in _WEAVER_FILES:
         try:
-            with open(os.path.join(folder, name + ".py"), "rb") as handle:
+            with open(os.path.join(folder, name), "rb") as handle:
                 crc = zlib.crc32(handle.read(), crc)
         except OSError:  # an install without sources: the version alone
             crc = zlib.crc32(name.encode(), crc)
@@ -262,7 +262,7 @@ class CodeCache:
         if found_key != key:
             self.stats.stale += 1
             return None
-        if not isinstance(code, CodeType) or not _valid_table(table):
+        if not isinstance(code, CodeType) or type(table) is not tuple:
             self.stats.corrupt += 1
             return None
         return code, table
@@ -284,7 +284,11 @@ class CodeCache:
             decoded = self._decode(data, key)
             if decoded is None:
                 break  # the entry is rewritten where it was
-            code = self._restore(*decoded, modules)
+            try:
+                code = self._restore(*decoded, modules)
+            except _Corrupt:
+                self.stats.corrupt += 1
+                break
             if code is None:
                 self.stats.stale += 1
                 break
@@ -298,8 +302,16 @@ class CodeCache:
     def _restore(
         self, code: CodeType, table: tuple[Any, ...], modules: Sequence[str]
     ) -> CodeType | None:
-        """Fill in the probes of ``table``'s functions; None unless every join point agrees."""
-        woven = {path: (qualname, shape, slots) for path, qualname, shape, slots in table}
+        """Fill in the probes of ``table``'s functions; None unless every join point agrees.
+
+        The table is checked as it is used, not in a pass of its own (this runs for
+        every woven function at each start-up): a table that is not rows of four
+        raises :class:`_Corrupt`; a row with a path, name or layout of the wrong type
+        matches no function and makes the entry stale; slots are checked when used."""
+        try:
+            woven = {path: (qualname, shape, slots) for path, qualname, shape, slots in table}
+        except (TypeError, ValueError):  # a row that is not four items, an unhashable path
+            raise _Corrupt from None
         return _rebuild(code, (), "", woven, self._resolve, modules)
 
     # -- writing --------------------------------------------------------------------------
@@ -365,31 +377,8 @@ def _fix_filename(code: CodeType, source: str) -> None:
     _imp._fix_co_filename(code, source)
 
 
-def _valid_table(table: Any) -> bool:
-    """Whether ``table`` has the shape :func:`_strip` writes (a loop, not nested
-    generators: it runs for every woven function of every module at each start-up)."""
-    if type(table) is not tuple:
-        return False
-    modes = templates.MODES
-    for row in table:
-        if type(row) is not tuple or len(row) != 4:
-            return False
-        path, qualname, shape, slots = row
-        if type(path) is not tuple or type(qualname) is not str or type(slots) is not tuple:
-            return False
-        if type(shape) is not tuple or len(shape) != 2 or shape[0] not in modes:
-            return False
-        if shape[1] is not None and type(shape[1]) is not str:
-            return False
-        for index in path:
-            if type(index) is not int:
-                return False
-        for slot in slots:
-            if type(slot) is not tuple or len(slot) != 2:
-                return False
-            if type(slot[0]) is not int or type(slot[1]) is not str:
-                return False
-    return True
+class _Corrupt(Exception):
+    """A cache entry's table is not what :func:`_strip` writes."""
 
 
 def _strip(code: CodeType, path: tuple[int, ...], table: list[tuple[Any, ...]]) -> CodeType:
@@ -427,43 +416,50 @@ def _rebuild(
     Walks in the order :func:`rewrite.weave_tree` does (children first), asking
     ``resolve`` about every join point, as weaving would.
     """
-    consts = list(code.co_consts)
-    changed = False
-    for index, const in enumerate(consts):
-        if isinstance(const, CodeType):
-            child = _rebuild(
-                const,
-                (*path, index),
-                rewrite._child_qualname(code, qualname, const),
-                woven,
-                resolve,
-                modules,
-            )
-            if child is None:
-                return None
-            if child is not const:
-                consts[index] = child
-                changed = True
+    consts = code.co_consts
+    new = None  # the new constants, once one differs
+    for index in [i for i, const in enumerate(consts) if type(const) is CodeType]:
+        const = consts[index]
+        child = _rebuild(
+            const,
+            (*path, index),
+            rewrite._child_qualname(code, qualname, const),
+            woven,
+            resolve,
+            modules,
+        )
+        if child is None:
+            return None
+        if child is not const:
+            if new is None:
+                new = list(consts)
+            new[index] = child
     if not rewrite.is_join_point(code):
-        return code.replace(co_consts=tuple(consts)) if changed else code
+        return code if new is None else code.replace(co_consts=tuple(new))
     probe = resolve(code, qualname, modules)
     row = woven.get(path)
     if row is None:
         if probe is not None:  # matches now (or was refused by the weaver): weave again
             return None
-        return code.replace(co_consts=tuple(consts)) if changed else code
-    _name, shape, slots = row
-    if probe is None or probe.joinpoint.name != _name:
+        return code if new is None else code.replace(co_consts=tuple(new))
+    name, shape, slots = row
+    if probe is None or probe.joinpoint.name != name or rewrite.layout(code, probe) != shape:
         return None
-    if rewrite.layout(code, probe) != shape:
-        return None
-    kit = templates.Kit(probe, bool(code.co_flags & rewrite._SUSPENDING))
-    for index, name in slots:
-        if not (0 <= index < len(consts)) or consts[index] != (_PLACEHOLDER, name):
+    values = templates.Kit(probe, bool(code.co_flags & rewrite._SUSPENDING)).values
+    if new is None:
+        new = list(consts)
+    size = len(new)
+    if type(slots) is not tuple:
+        raise _Corrupt
+    for item in slots:
+        if type(item) is not tuple or len(item) != 2:
+            raise _Corrupt
+        index, slot = item
+        if type(index) is not int or type(slot) is not str:
+            raise _Corrupt
+        if not 0 <= index < size or slot not in values or new[index] != (_PLACEHOLDER, slot):
             return None
-        if name not in kit.values:
-            return None
-        consts[index] = kit.values[name]
-    restored = code.replace(co_consts=tuple(consts))
+        new[index] = values[slot]
+    restored = code.replace(co_consts=tuple(new))
     rewrite.register(restored, probe, slots, shape)
     return restored

@@ -2,6 +2,10 @@
 
 Owns the transformation of one code object (:func:`weave_code`) and the walk over
 a tree of nested code objects with their qualified names (:func:`weave_tree`).
+On 3.11+ the bytes are edited in place by ``agent.weaving.patch`` (its core in C
+where the extension is built); this module keeps the reference form of the same
+rewrite through the ``bytecode`` library, used before 3.11 and for code the
+patcher declines, and the tests hold the two to the same result.
 It does not decide which functions match (the resolver passed in does), nor load
 modules (``agent.importer``), nor know what plugins do (``agent.events``).
 
@@ -32,7 +36,7 @@ from typing import Callable, Optional
 from bytecode import Bytecode, Instr, Label
 
 from agent.events import Probe
-from agent.weaving import env, templates
+from agent.weaving import env, patch, templates
 
 if env.EXCEPTION_TABLE:
     from bytecode import TryBegin, TryEnd
@@ -201,9 +205,31 @@ def layout(code: CodeType, probe: Probe) -> Layout:
     return mode, name if mode == "steps" else None
 
 
-def weave_code(code: CodeType, probe: Probe) -> CodeType:
-    """Return a copy of the function code ``code`` that reports each call to ``probe``."""
+def weave_code(code: CodeType, probe: Probe, direct: bool = True) -> CodeType:
+    """Return a copy of the function code ``code`` that reports each call to ``probe``.
+
+    On 3.11+ the direct patcher (``agent.weaving.patch``) edits the bytes; code it
+    does not handle, every code object before 3.11, and ``direct=False`` go
+    through the ``bytecode`` library. Both give the same woven code.
+    """
     env.check_supported()
+    kit = templates.Kit(probe, bool(code.co_flags & _SUSPENDING))
+    shape = layout(code, probe)
+    if direct and env.EXCEPTION_TABLE:
+        try:
+            woven, slots = patch.patch_code(code, kit, shape[1])
+        except patch.Unpatchable as exc:
+            log.debug("weaving %s with the bytecode library: %s", code.co_name, exc)
+        else:
+            register(woven, probe, slots, shape)
+            return woven
+    woven = _weave_with_library(code, kit, shape[1])
+    register(woven, probe, kit.slots_in(woven.co_consts), shape)
+    return woven
+
+
+def _weave_with_library(code: CodeType, kit: templates.Kit, param: str | None) -> CodeType:
+    """:func:`weave_code` through the ``bytecode`` library: decode, insert, assemble."""
     try:
         if env.EXCEPTION_TABLE:
             # Keep the compiler's handler depths (by default the library zeroes them).
@@ -223,9 +249,6 @@ def weave_code(code: CodeType, probe: Probe) -> CodeType:
     start = _body_start(items)
     handler = Label()
     out: list[object] = items[:start]
-    kit = templates.Kit(probe, bool(code.co_flags & _SUSPENDING))
-    shape = layout(code, probe)
-    param = shape[1]
     prologue = templates.entry(kit, templates.load_param(param, param in code.co_cellvars))
     if not env.EXCEPTION_TABLE:
         prologue += templates.open_block(handler)
@@ -300,5 +323,4 @@ def weave_code(code: CodeType, probe: Probe) -> CodeType:
         raise WeaveError(f"cannot assemble the woven bytecode: {exc}") from exc
     if woven.co_flags != code.co_flags:
         woven = woven.replace(co_flags=code.co_flags)
-    register(woven, probe, kit.slots_in(woven.co_consts), shape)
     return woven
