@@ -155,6 +155,9 @@ class CodeCache:
         self._tag = sys.implementation.cache_tag
         self._magic = importlib.util.MAGIC_NUMBER
         self.stats = Stats()
+        # a kit's constants are the probe's bound methods (or the C recorder's), fixed
+        # once the probe is made: one set per probe serves every later start-up of it
+        self._kits: dict[tuple[int, bool], tuple[Any, dict[str, Any]]] = {}
 
     @classmethod
     def from_setting(cls, resolve: Resolver, value: str | None = None) -> CodeCache | None:
@@ -312,7 +315,7 @@ class CodeCache:
             woven = {path: (qualname, shape, slots) for path, qualname, shape, slots in table}
         except (TypeError, ValueError):  # a row that is not four items, an unhashable path
             raise _Corrupt from None
-        return _rebuild(code, (), "", woven, self._resolve, modules)
+        return _rebuild(code, (), "", woven, self._resolve, modules, self._kits)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -410,11 +413,13 @@ def _rebuild(
     woven: dict[tuple[int, ...], tuple[str, Any, Any]],
     resolve: Resolver,
     modules: Sequence[str],
+    kits: dict[tuple[int, bool], tuple[Any, dict[str, Any]]],
 ) -> CodeType | None:
     """The tree of ``code`` with the probes' constants, every probe registered; None: mismatch.
 
     Walks in the order :func:`rewrite.weave_tree` does (children first), asking
-    ``resolve`` about every join point, as weaving would.
+    ``resolve`` about every join point, as weaving would. ``kits``: the constants of
+    each probe's kit (by probe and generator flag), made once per probe.
     """
     consts = code.co_consts
     new = None  # the new constants, once one differs
@@ -427,6 +432,7 @@ def _rebuild(
             woven,
             resolve,
             modules,
+            kits,
         )
         if child is None:
             return None
@@ -445,21 +451,22 @@ def _rebuild(
     name, shape, slots = row
     if probe is None or probe.joinpoint.name != name or rewrite.layout(code, probe) != shape:
         return None
-    values = templates.Kit(probe, bool(code.co_flags & rewrite._SUSPENDING)).values
+    generator = bool(code.co_flags & rewrite._SUSPENDING)
+    kit = kits.get((id(probe), generator))
+    if kit is None or kit[0] is not probe:
+        kit = kits[id(probe), generator] = (probe, templates.Kit(probe, generator).values)
+    values = kit[1]
     if new is None:
         new = list(consts)
-    size = len(new)
-    if type(slots) is not tuple:
-        raise _Corrupt
-    for item in slots:
-        if type(item) is not tuple or len(item) != 2:
-            raise _Corrupt
-        index, slot = item
-        if type(index) is not int or type(slot) is not str:
-            raise _Corrupt
-        if not 0 <= index < size or slot not in values or new[index] != (_PLACEHOLDER, slot):
-            return None
-        new[index] = values[slot]
+    try:
+        for index, slot in slots:
+            if type(index) is not int or index < 0 or new[index] != (_PLACEHOLDER, slot):
+                return None
+            new[index] = values[slot]
+    except KeyError:  # a slot this mode does not have
+        return None
+    except (TypeError, ValueError, IndexError):  # slots that are not (index, name) pairs
+        raise _Corrupt from None
     restored = code.replace(co_consts=tuple(new))
     rewrite.register(restored, probe, slots, shape)
     return restored
