@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
+import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +49,7 @@ from typing import Any
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADAPTER = os.path.join(_REPO, "benchmarks", "replication_adapter.py")
+ECHO = os.path.join(_REPO, "benchmarks", "roundtrip_echo.py")
 DELAY_MS = 200  # heartbeats; short, so that a cluster forms in about a second
 RETRIES = 3
 START_TIMEOUT_S = 30.0
@@ -54,6 +57,18 @@ SCENARIOS = (("sync", 1), ("sync", 2), ("async", 2))
 SYNC_SHARE = 1 / 3
 SYNC_P99_MS = 5.0
 ASYNC_SHARE = 0.8
+#: issue 13's targets, one key per write (no set_many): (scenario, threads, x local)
+ONE_KEY_TARGETS = (
+    ("sync, 1 slave", 1, 0.5),
+    ("sync, 2 slaves", 1, 0.4),
+    ("sync, 2 slaves", 4, 0.6),
+)
+ONE_KEY_P99_MS = 2.0  # sync, 1 slave, 1 thread
+#: the round-trip floor: a request about one write's frame (an Op of a ~120-byte value,
+#: framed and signed), an answer about one Ack's
+FLOOR_REQUEST = 256
+FLOOR_ACK = 64
+FLOOR_TRIPS = 5000
 
 
 class BenchError(RuntimeError):
@@ -144,6 +159,8 @@ def measure(work: Path, args: argparse.Namespace, mode: str, slaves: int) -> dic
     result = cluster.dir / "result.json"
     adapter_args = [str(result), "--slaves", str(slaves), "--writes", str(args.writes)]
     adapter_args += ["--threads", str(args.threads), "--repeat", str(args.repeat)]
+    pids = cluster.dir / "pids.json"
+    adapter_args += ["--pids", str(pids)]
     try:
         master = cluster.start("m", [f"cache.replication={mode}"], adapter_args)
         promoted = "Promoted to Master node"
@@ -152,8 +169,12 @@ def measure(work: Path, args: argparse.Namespace, mode: str, slaves: int) -> dic
             lambda: promoted in cluster.log("m").read_text(errors="replace"),
             START_TIMEOUT_S,
         )
-        for k in range(1, slaves + 1):
-            cluster.start(f"s{k}", [], adapter_args)
+        started = {
+            f"slave{k}": cluster.start(f"s{k}", [], adapter_args).pid for k in range(1, slaves + 1)
+        }
+        # the master's adapter reads it once every slave is live (it starts before them)
+        (cluster.dir / "pids.tmp").write_text(json.dumps(started), encoding="utf-8")
+        os.replace(cluster.dir / "pids.tmp", pids)
         budget = START_TIMEOUT_S + args.repeat * args.writes * 0.05  # 50 ms a write: a wedge
         figures = json.loads(
             cluster.wait("result", lambda: result.exists() and result.read_text(), budget)
@@ -171,16 +192,152 @@ def measure(work: Path, args: argparse.Namespace, mode: str, slaves: int) -> dic
         cluster.close()
 
 
+def round_trips(work: Path, python: str, trips: int, journal: bool) -> dict[str, float]:
+    """Ping-pong with ``roundtrip_echo.py`` in another process: p50/p99 of a round trip (us).
+
+    The floor under a synchronous write on this machine: a write cannot return before one
+    round trip to its slave, and (``journal``) the slave's one ``write`` that makes it
+    durable. Both ends, like the master and the slave, use blocking sockets with
+    TCP_NODELAY from one thread. (A socket with a Python timeout polls before each
+    call; on this machine that alone makes a round trip 3-4 times slower.)
+    """
+    folder = Path(tempfile.mkdtemp(prefix="floor-", dir=work))
+    port_file = folder / "port"
+    command = [python, ECHO, str(port_file), str(FLOOR_REQUEST), str(FLOOR_ACK)]
+    if journal:
+        command.append(str(folder / "journal"))
+    echo = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    try:
+        limit = time.monotonic() + START_TIMEOUT_S
+        while not port_file.exists():
+            if echo.poll() is not None or time.monotonic() > limit:
+                raise BenchError(f"the echo process did not start (exit {echo.poll()})")
+            time.sleep(0.01)
+        port = int(port_file.read_text(encoding="ascii"))
+        request = b"r" * FLOOR_REQUEST
+        times: list[int] = []
+        clock = time.perf_counter_ns
+        with socket.create_connection(("127.0.0.1", port), timeout=30.0) as sock:
+            sock.settimeout(None)  # blocking, as the replication links are (see cache/)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for trip in range(trips + trips // 10):  # the first tenth warms up
+                began = clock()
+                sock.sendall(request)
+                got = 0
+                while got < FLOOR_ACK:
+                    data = sock.recv(65536)
+                    if not data:
+                        raise BenchError("the echo process closed the connection")
+                    got += len(data)
+                if trip >= trips // 10:
+                    times.append(clock() - began)
+        echo.wait(10)
+    except OSError as exc:
+        raise BenchError(f"round trips to the echo process failed: {exc}") from exc
+    finally:
+        if echo.poll() is None:
+            echo.kill()
+            echo.wait(10)
+    times.sort()
+    return {
+        "p50_us": times[len(times) // 2] / 1e3,
+        "p99_us": times[min(len(times) - 1, math.ceil(len(times) * 0.99) - 1)] / 1e3,
+        "trips": len(times),
+    }
+
+
+def floor_figures(work: Path, python: str, trips: int) -> dict[str, Any]:
+    """The floors: a bare round trip, one through a journal write, and a bare one with
+    both processes held on one CPU (no wake-up of an idle CPU in it: what the kernel's
+    and the hypervisor's wake-ups add to the first)."""
+    figures = {
+        "request_bytes": FLOOR_REQUEST,
+        "ack_bytes": FLOOR_ACK,
+        "bare": round_trips(work, python, trips, journal=False),
+        "journal": round_trips(work, python, trips, journal=True),
+    }
+    if hasattr(os, "sched_getaffinity"):
+        allowed = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(allowed)})  # the echo process inherits it
+        try:
+            figures["one_cpu"] = round_trips(work, python, trips, journal=False)
+        finally:
+            os.sched_setaffinity(0, allowed)
+    return figures
+
+
 def summarise(figures: dict[str, Any]) -> dict[str, dict[str, float]]:
     """The median over the repetitions of each figure (``local/1``, ``replicated/4``...)."""
     runs = figures["runs"]
-    return {
+    table: dict[str, dict[str, Any]] = {
         key: {
             field: statistics.median(run[key][field] for run in runs)
             for field in ("per_s", "p50_ms", "p99_ms", "max_ms")
         }
         for key in runs[0]
     }
+    for key, row in table.items():
+        cpus = [run[key].get("cpu_us_per_write") or {} for run in runs]
+        names = set.intersection(*(set(c) for c in cpus)) if cpus else set()
+        if names:
+            row["cpu_us"] = {n: statistics.median(c[n] for c in cpus) for n in sorted(names)}
+    return table
+
+
+def cpu_lines(scenarios: dict[str, dict[str, Any]], cpus: int | None) -> list[str]:
+    """CPU per write, per process, of the one-thread rows: the work a write makes."""
+    out = []
+    for name, scenario in scenarios.items():
+        table = scenario.get("median", {})
+        for key in ("local/1", "replicated/1"):
+            cpu = table.get(key, {}).get("cpu_us")
+            if not cpu:
+                continue
+            total = sum(cpu.values())
+            each = ", ".join(f"{n} {v:.0f}" for n, v in cpu.items())
+            line = f"  {name:<16} {key:<13} {each}; all {total:.0f} us"
+            if cpus and key.startswith("replicated"):
+                line += f" (at least {total / cpus:.0f} us of wall time on {cpus} CPUs)"
+            out.append(line)
+    return out
+
+
+def one_key_verdicts(
+    scenarios: dict[str, dict[str, Any]], floor: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Issue 13's targets: one key per write, against local; with the floor beside them."""
+    out = []
+    for name, threads, share in ONE_KEY_TARGETS:
+        table = scenarios.get(name, {}).get("median")
+        if table is None or f"replicated/{threads}" not in table:
+            continue  # not measured (an error, or --threads other than 4)
+        row, local = table[f"replicated/{threads}"], table["local/1"]
+        ratio = row["per_s"] / local["per_s"]
+        value = f"{ratio:.2f} x local, p50 {row['p50_ms'] * 1e3:.0f} us"
+        if threads == 1 and floor is not None:
+            # what 'share' leaves per write, and what the floor already takes of it
+            budget = 1e6 / (share * local["per_s"])
+            value += (
+                f" (a write may take {budget:.0f} us for {share:g} x; one round trip to a "
+                f"Python echo takes {floor['bare']['p50_us']:.0f} us, "
+                f"{floor['journal']['p50_us']:.0f} us through a journal write)"
+            )
+        out.append(
+            {
+                "target": f"sync, one key per write, {threads} thr >= {share:g} x local ({name})",
+                "value": value,
+                "holds": ratio >= share,
+            }
+        )
+        if name == "sync, 1 slave" and threads == 1:
+            out.append(
+                {
+                    "target": f"sync p99 <= {ONE_KEY_P99_MS:g} ms, 1 writer thread ({name})",
+                    "value": f"{row['p99_ms']:.2f} ms",
+                    "holds": row["p99_ms"] <= ONE_KEY_P99_MS,
+                }
+            )
+    return out
 
 
 def verdicts(scenarios: dict[str, dict[str, Any]], threads: int) -> list[dict[str, Any]]:
@@ -255,6 +412,29 @@ def report(results: dict[str, Any]) -> str:
                 f"{name:<18} {label:<22} {row['per_s']:>10.0f} {row['per_s'] / local:>8.2f} "
                 f"{row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f} {row['max_ms']:>8.2f}"
             )
+    cpu = cpu_lines(results["scenarios"], results.get("cpus"))
+    if cpu:
+        out += ["", "CPU per write, us, per process (user + system, clock ticks):", *cpu]
+    floor = results.get("floor")
+    if floor:
+        out.append("")
+        out.append(
+            f"round-trip floor ({floor['request_bytes']} bytes out, {floor['ack_bytes']} back, "
+            "to a Python process that only answers):"
+        )
+        kinds = (
+            ("bare", "answers at once"),
+            ("journal", "appends to a file first"),
+            ("one_cpu", "at once, both on 1 CPU"),
+        )
+        for kind, what in kinds:
+            f = floor.get(kind)
+            if f is None:
+                continue
+            out.append(
+                f"  {what:<24} p50 {f['p50_us']:>7.1f} us   p99 {f['p99_us']:>7.1f} us"
+                f"   ({f['trips']} trips)"
+            )
     out.append("")
     for verdict in results["verdicts"]:
         word = "holds" if verdict["holds"] else "FAILS"
@@ -269,12 +449,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="repetitions of each batch")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--python", default=sys.executable, help="interpreter of the nodes")
+    parser.add_argument(
+        "--floor-trips",
+        type=int,
+        default=FLOOR_TRIPS,
+        help="timed round trips of the floor (0: not measured)",
+    )
     args = parser.parse_args(argv)
-    if args.writes < 1 or args.threads < 1 or args.repeat < 1:
-        parser.error("--writes, --threads and --repeat must be at least 1")
+    if args.writes < 1 or args.threads < 1 or args.repeat < 1 or args.floor_trips < 0:
+        parser.error("--writes, --threads and --repeat must be at least 1, --floor-trips 0 or more")
 
     scenarios: dict[str, dict[str, Any]] = {}
+    floor: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="twinweave-repl-bench-") as work:
+        if args.floor_trips:
+            print("measuring the round-trip floor...", file=sys.stderr, flush=True)
+            try:
+                floor = floor_figures(Path(work), args.python, args.floor_trips)
+            except BenchError as exc:
+                print(f"round-trip floor not measured: {exc}", file=sys.stderr)
         for mode, slaves in SCENARIOS:
             name = f"{mode}, {slaves} slave{'s' if slaves > 1 else ''}"
             print(f"measuring {name}...", file=sys.stderr, flush=True)
@@ -306,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
             "delay_ms": DELAY_MS,
         },
         "scenarios": scenarios,
-        "verdicts": verdicts(measured, args.threads),
+        "floor": floor,
+        "verdicts": verdicts(measured, args.threads) + one_key_verdicts(measured, floor),
     }
     print(report(results))
     if args.json is not None:

@@ -45,10 +45,36 @@ def value(i: int) -> dict:
     return {"i": i, "payload": "x" * 100}
 
 
+TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU each process has used so far (``/proc/PID/stat``; clock ticks)."""
+    used = {}
+    for name, pid in pids.items():
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # not Linux, or the process is gone: that figure is left out
+        used[name] = (int(fields[11]) + int(fields[12])) * TICK_S  # utime, stime
+    return used
+
+
+def cpu_per_write(before: dict[str, float], after: dict[str, float], writes: int) -> dict:
+    """Microseconds of CPU per write, per process (the batch's share of its CPU time)."""
+    return {name: (after[name] - before[name]) * 1e6 / writes for name in after if name in before}
+
+
 def timed_writes(
-    write: Callable[[str, Any], object], prefix: str, writes: int, threads: int
+    write: Callable[[str, Any], object],
+    prefix: str,
+    writes: int,
+    threads: int,
+    pids: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """``writes`` writes split over ``threads`` threads: the batch's wall time and latencies."""
+    """``writes`` writes split over ``threads`` threads: the batch's wall time and latencies,
+    and with ``pids``, the CPU each of those processes spent on the batch, per write."""
     chunks = [range(t, writes, threads) for t in range(threads)]
     latencies: list[list[int]] = [[] for _ in range(threads)]
     barrier = threading.Barrier(threads + 1)
@@ -67,13 +93,16 @@ def timed_writes(
     ]
     for worker in workers:
         worker.start()
+    cpu_before = cpu_seconds(pids or {})
     barrier.wait()
     started = time.perf_counter()
     for worker in workers:
         worker.join()
     wall = time.perf_counter() - started
+    cpu = cpu_per_write(cpu_before, cpu_seconds(pids or {}), writes)
     merged = sorted(ns for out in latencies for ns in out)
     return {
+        "cpu_us_per_write": cpu,
         "threads": threads,
         "writes": writes,
         "wall_s": wall,
@@ -132,9 +161,13 @@ def main() -> None:
     parser.add_argument("--writes", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--pids", type=Path, help="a JSON file of the slaves' {name: pid}")
     options = parser.parse_args()
 
     live = wait_live(options.slaves)
+    pids = {"master": os.getpid()}
+    if options.pids is not None and options.pids.exists():
+        pids.update(json.loads(options.pids.read_text(encoding="utf-8")))
     node = cluster.current()
     replicated = cache.get_cache("bench")
     thread_counts = sorted({1, options.threads})
@@ -152,7 +185,9 @@ def main() -> None:
             for name, write in paths.items():
                 for threads in thread_counts:
                     prefix = f"{name}-{threads}-{rep}"
-                    run[f"{name}/{threads}"] = timed_writes(write, prefix, options.writes, threads)
+                    run[f"{name}/{threads}"] = timed_writes(
+                        write, prefix, options.writes, threads, pids
+                    )
             run[f"batched/{BATCH}"] = timed_batches(
                 replicated, f"batched-{rep}", options.writes, BATCH
             )

@@ -349,6 +349,22 @@ def convert_replication(results: dict[str, Any]) -> Converted:
             elif local is not None:
                 _compared(row, local)
             rows.append(row)
+        cpu = table.get("replicated/1", {}).get("cpu_us")
+        if cpu:
+            each = ", ".join(f"{name} {value:.0f} us" for name, value in cpu.items())
+            rows.append(
+                _row(f"{scenario}: CPU per write, all nodes", sum(cpu.values()), "us", each)
+            )
+    floor = results.get("floor") or {}
+    for kind, what in (
+        ("bare", "round trip to a Python echo"),
+        ("journal", "... through a journal write"),
+        ("one_cpu", "... both processes on 1 CPU"),
+    ):
+        if kind in floor:
+            figures = floor[kind]
+            note = f"p50 of {figures['trips']} trips; p99 {figures['p99_us']:.3g} us"
+            rows.append(_row(f"floor: {what}", figures["p50_us"], "us", note))
     claims = [
         {"text": f"{v['target']}: {v['value']}", "holds": bool(v["holds"])}
         for v in results.get("verdicts", [])
@@ -449,8 +465,8 @@ SECTIONS: tuple[Section, ...] = (
         "replication",
         "replicated cache writes against local diskcache",
         convert_replication,
-        quick=("--writes", "1000", "--repeat", "1"),
-        smoke=("--writes", "40", "--repeat", "1"),
+        quick=("--writes", "1000", "--repeat", "1", "--floor-trips", "2000"),
+        smoke=("--writes", "40", "--repeat", "1", "--floor-trips", "100"),
     ),
     _script_section(
         "adapter",
@@ -514,7 +530,12 @@ def run_section(section: Section, mode: str, raw: Path, verbose: bool) -> dict[s
     for stale in raw.glob(f"{section.name}.*"):
         stale.unlink()  # pyperf refuses to overwrite its -o file
     log_path = raw / f"{section.name}.log"
-    result: dict[str, Any] = {"title": section.title, "command": command, "log": str(log_path)}
+    result: dict[str, Any] = {
+        "title": section.title,
+        "command": command,
+        "log": str(log_path),
+        "started": _now(),
+    }
     began = time.monotonic()
     with open(log_path, "wb") as log:
         child = subprocess.Popen(
@@ -546,6 +567,32 @@ def run_section(section: Section, mode: str, raw: Path, verbose: bool) -> dict[s
     return dict(result, status="ok", raw=str(out), **converted)
 
 
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def merged(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """``earlier`` with the sections ``later`` measured again (``--merge``): same Python,
+    same mode, or :class:`ResultsError`; the file says which sections were re-run, when."""
+    for what in ("python", "implementation", "mode"):
+        if earlier.get(what) != later.get(what):
+            raise ResultsError(
+                f"{earlier.get('_path')}: {what} {earlier.get(what)!r}, this run "
+                f"{later.get(what)!r}: --merge only replaces sections of the same kind of run"
+            )
+    out = {k: v for k, v in earlier.items() if k != "_path"}
+    sections = dict(out["sections"])
+    sections.update(later["sections"])
+    out["sections"] = {
+        name: sections[name] for name in [s.name for s in SECTIONS] if name in sections
+    }
+    out["merged"] = [
+        *out.get("merged", []),
+        {"sections": list(later["sections"]), "started": later["started"]},
+    ]
+    return out
+
+
 def run(options: argparse.Namespace) -> dict[str, Any]:
     mode = "smoke" if options.smoke else "quick" if options.quick else "full"
     output = Path(options.output).resolve()
@@ -559,7 +606,7 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "executable": sys.executable,
-        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "started": _now(),
         "machine": machine(),
         "sections": {},
     }
@@ -629,6 +676,10 @@ def format_table(results: dict[str, Any]) -> str:
             out.append(f"   claim: {claim['text']}: {'holds' if claim['holds'] else 'FAILS'}")
     out.append("")
     out.append(f"whole suite: {results['elapsed_s']:.0f} s")
+    for merge in results.get("merged", []):
+        out.append(
+            f"measured again and merged: {', '.join(merge['sections'])} ({merge['started']})"
+        )
     return "\n".join(out)
 
 
@@ -677,20 +728,45 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="A,B",
         help="run only these sections: " + ", ".join(s.name for s in SECTIONS),
     )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --sections: replace only those sections in this Python's results file",
+    )
     parser.add_argument("--no-chart", action="store_true", help="do not draw the PNG")
     parser.add_argument("-v", "--verbose", action="store_true", help="show each section's output")
     options = parser.parse_args(argv)
     unknown = set(options.sections or ()) - {s.name for s in SECTIONS}
     if unknown:
         parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+    if options.merge and not options.sections:
+        parser.error("--merge needs --sections (the sections to measure again)")
     return options
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
-    results = run(options)
     output = Path(options.output).resolve()
     path = output / f"results-{python_tag()}.json"
+    earlier = None
+    if options.merge:
+        try:
+            earlier = load_results(path)
+        except ResultsError as exc:
+            print(f"--merge: {exc}", file=sys.stderr)
+            return 2
+    results = run(options)
+    failed = [n for n, s in results["sections"].items() if s["status"] != "ok"]
+    if earlier is not None:
+        if failed:  # an earlier good figure is not replaced by a failed run
+            print(f"--merge: not merged, sections not measured: {', '.join(failed)}")
+            print(format_table(results))
+            return 1
+        try:
+            results = merged(earlier, results)
+        except ResultsError as exc:
+            print(f"--merge: {exc}", file=sys.stderr)
+            return 2
     path.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     print()
     print(format_table(results))
@@ -705,7 +781,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"chart: not drawn: {exc}")
         else:
             print(f"chart: {drawn} ({', '.join(f.name for f in files)})")
-    failed = [n for n, s in results["sections"].items() if s["status"] != "ok"]
     if failed:
         print(f"sections not measured: {', '.join(failed)}", file=sys.stderr)
         return 1

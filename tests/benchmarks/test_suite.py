@@ -216,3 +216,43 @@ def test_quick_stands_for_pyperf_options_that_later_ones_override() -> None:
     assert _pyperf.expand_quick(["--quick", "-o", "x.json"], quick) == [*quick, "-o", "x.json"]
     assert _pyperf.expand_quick(["--quick", "--values", "5"], quick)[-2:] == ["--values", "5"]
     assert _pyperf.expand_quick(["--fast"], quick) == ["--fast"]
+
+
+def _results(python: str, mode: str, sections: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "format": suite.FORMAT,
+        "python": python,
+        "implementation": "CPython",
+        "mode": mode,
+        "started": "2026-12-06T12:00:00+00:00",
+        "sections": sections,
+        "_path": "earlier.json",
+    }
+
+
+def test_merge_replaces_only_the_sections_measured_again() -> None:
+    earlier = _results(
+        "3.11.7", "full", {"overhead": {"rows": ["old"]}, "replication": {"rows": ["old"]}}
+    )
+    later = _results("3.11.7", "full", {"replication": {"rows": ["new"]}})
+    out = suite.merged(earlier, later)
+    assert out["sections"]["overhead"] == {"rows": ["old"]}
+    assert out["sections"]["replication"] == {"rows": ["new"]}
+    assert list(out["sections"]) == ["overhead", "replication"]  # the suite's order
+    assert out["merged"] == [{"sections": ["replication"], "started": later["started"]}]
+    assert "_path" not in out
+    again = suite.merged(dict(out, _path="x"), later)
+    assert len(again["merged"]) == 2
+
+
+@pytest.mark.parametrize("field, value", [("python", "3.13.0"), ("mode", "quick")])
+def test_merge_refuses_a_run_of_another_kind(field: str, value: str) -> None:
+    earlier = _results("3.11.7", "full", {"replication": {}})
+    later = dict(_results("3.11.7", "full", {"replication": {}}), **{field: value})
+    with pytest.raises(suite.ResultsError, match=field):
+        suite.merged(earlier, later)
+
+
+def test_merge_needs_the_sections_to_measure() -> None:
+    with pytest.raises(SystemExit):
+        suite.parse_args(["--merge"])
