@@ -92,6 +92,18 @@ HEADLINES: tuple[tuple[str, str, str, str], ...] = (
     ),
     (
         "replication",
+        "sync, 1 slave: CPU per write, all nodes",
+        "value",
+        "... CPU per write, master + slave",
+    ),
+    (
+        "replication",
+        "floor: round trip to a Python echo",
+        "value",
+        "... the floor: one round trip to a Python echo",
+    ),
+    (
+        "replication",
         "sync, 2 slaves: sync replicated, 1 thr",
         "ratio+p99",
         "sync to 2 slaves, 1 thread",
