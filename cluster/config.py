@@ -46,6 +46,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import logging
+import math
 import os
 import re
 import socket
@@ -88,7 +89,10 @@ def _parse_seconds_ms(text: str) -> int:
     """Non-negative seconds, maybe fractional, as whole milliseconds."""
     if not re.fullmatch(r"\+?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)", text):
         raise ValueError(text)
-    return round(float(text) * 1000)
+    milliseconds = float(text) * 1000
+    if not math.isfinite(milliseconds):  # "9" * 400 is a float's infinity
+        raise ValueError(text)
+    return round(milliseconds)
 
 
 def _optional(text: str) -> str | None:
@@ -571,9 +575,10 @@ def _resolve_level(
         if spec is None:
             raise _unknown_key(entry)
         expand = isinstance(spec, _Field) and spec.expand
-        text = _expand(entry.text, environ) if expand else entry.text
         problem = f"{entry.key}={_shown(spec, entry.text)}: expected {spec.expected}"
         try:
+            # expanduser refuses a NUL after "~" with ValueError: the same refusal
+            text = _expand(entry.text, environ) if expand else entry.text
             value = spec.parse(text)
         except ValueError:
             raise SettingsError(problem, entry.key, entry.where) from None

@@ -372,3 +372,19 @@ def test_find_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         find_config(None, environ={"AGENT_CONFIG": str(tmp_path / "nope")})
     with pytest.raises(SettingsError, match="is not a file"):
         find_config(str(tmp_path), environ={})
+
+
+@pytest.mark.parametrize(
+    "key", ["failover.ping.interval.seconds", "failover.instance.timeout.seconds"]
+)
+def test_huge_seconds_are_a_settings_error_not_an_overflow(key: str) -> None:
+    # found by fuzzing: float("9" * 400) is infinity, and round(infinity) raised OverflowError
+    with pytest.raises(SettingsError, match=key):
+        load_settings(environ={}, overrides=[f"{key}={'9' * 400}"])
+
+
+def test_a_nul_after_a_tilde_is_a_settings_error() -> None:
+    # found by fuzzing: expanduser("~x\0") raised ValueError outside the parse's try
+    with pytest.raises(SettingsError) as caught:
+        load_settings(environ={}, overrides=["cache.directory=~x\x00"])
+    assert caught.value.key == "cache.directory"
