@@ -35,6 +35,7 @@ import diskcache
 
 import cache
 import cluster
+from benchmarks import procstat
 
 LIVE_WAIT_S = 30.0
 WARMUP_WRITES = 200
@@ -45,19 +46,14 @@ def value(i: int) -> dict:
     return {"i": i, "payload": "x" * 100}
 
 
-TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
-
-
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     """User + system CPU each process has used so far (``/proc/PID/stat``; clock ticks)."""
     used = {}
     for name, pid in pids.items():
         try:
-            with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            used[name] = procstat.cpu_seconds(pid)
+        except OSError:
             continue  # not Linux, or the process is gone: that figure is left out
-        used[name] = (int(fields[11]) + int(fields[12])) * TICK_S  # utime, stime
     return used
 
 

@@ -78,6 +78,10 @@ from pathlib import Path
 from typing import Any
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:  # run as a script: benchmarks/ is on the path, not the project
+    sys.path.insert(0, _REPO)
+from benchmarks import procstat  # noqa: E402
+
 ADAPTER = os.path.join(_REPO, "benchmarks", "takeover_adapter.py")
 NODE_START_TIMEOUT_S = 30.0  # a join window at the default delay is 5 s: room for a slow host
 TAKEOVER_TIMEOUT_S = 15.0  # a run with no new master by then counts as failed
@@ -109,9 +113,7 @@ class Node:
 
     def cpu_seconds(self) -> float:
         """utime + stime of the process so far, from /proc/PID/stat."""
-        with open(f"/proc/{self.popen.pid}/stat", encoding="ascii", errors="replace") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return procstat.cpu_seconds(self.popen.pid)
 
 
 class BenchError(RuntimeError):
@@ -551,8 +553,6 @@ def main(argv: list[str] | None = None) -> int:
         etcd = None
         args.settings = []
         if args.backend == "etcd":
-            if _REPO not in sys.path:  # run as a script: benchmarks/ is on the path, not _REPO
-                sys.path.insert(0, _REPO)
             from benchmarks.etcd_server import start_cluster
 
             etcd = start_cluster(work / "etcd", 3)
