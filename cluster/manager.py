@@ -171,7 +171,12 @@ class Node:
         """The adapter returned (or never ran): resign if master, close, return the status."""
         self._adapter_running = False
         if not self.stopping.is_set():
-            self.request_stop("the adapter ended", status)
+            if self.promoted.is_set() and not self.backend.is_master(time.monotonic()):
+                # the adapter saw the lease run out (the process was paused) before the
+                # backend's thread did: that is a step-down, not an adapter that finished
+                self.on_demoted("the lease ran out while the adapter ran")
+            else:
+                self.request_stop("the adapter ended", status)
         self._stopped.wait(self.settings.stop_timeout_ms / 1000 + FORCE_GRACE_S)
         if self._resign and not self.demoted:
             if self.hub is not None and self.backend.state is State.MASTER:

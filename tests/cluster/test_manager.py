@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from cluster.config import Settings
-from cluster.manager import EXIT_FAILED, Node
+from cluster.manager import EXIT_DEMOTED, EXIT_FAILED, Node
 from cluster.protocol import Codec, Heartbeat, Role
 
 
@@ -178,3 +178,16 @@ def test_replicated_writes_and_what_was_in_flight_survive_the_master(make_node):
     assert entry["node"] == "a" and entry["epoch"] == 1 and entry["start"] == 1.7e9
     assert Cache("orders", b.replica.store("orders"), b.hub).get("o1") == {"total": 3}
     assert cluster.inflight() == []  # outside failover mode (no node installed)
+
+
+def test_an_adapter_that_ends_after_the_lease_ran_out_exits_as_demoted(make_node, monkeypatch):
+    # A paused master wakes: its adapter sees is_master() False and returns before the
+    # backend's thread notices the lapsed lease. The node stepped down; a supervisor must
+    # restart it as a slave, so the status is EXIT_DEMOTED, not the adapter's 0.
+    a = make_node("a")
+    a.start()
+    assert wait_for(a.promoted.is_set)
+    monkeypatch.setattr(a.backend, "is_master", lambda now: False)
+    assert not a.is_master()
+    assert a.finish(0) == EXIT_DEMOTED
+    assert a.demoted and a.stop_reason.startswith("demoted:")
