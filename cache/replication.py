@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cache.replica import Replica, ReplicaError
+from cache.replica import Replica, ReplicaError, check_name
 from cache.wire import (
     MAX_BATCH_OPS,
     Ack,
@@ -788,8 +788,7 @@ class Follower:
 
     def _check_epoch(self, session: Session, sock: socket.socket, epoch: int) -> None:
         known = self.known_epoch()
-        if epoch < known:
-            self.refused["stale-epoch"] += 1
+        if epoch < known:  # counted where the WireError is caught, once
             try:
                 sock.sendall(session.encode(Refuse(f"stale epoch {epoch} < {known}")))
             except (OSError, WireError):
@@ -802,10 +801,13 @@ class Follower:
         # change in case a newer master has been heard of meanwhile.
         self._check_epoch(session, sock, master_epoch)
         if op.epoch > master_epoch:
-            self.refused["epoch-mismatch"] += 1
             raise WireError(
                 "epoch-mismatch", f"change of epoch {op.epoch} on a stream of {master_epoch}"
             )
+        try:  # a change the stores would refuse is refused before it is staged or acked
+            check_name(op.cache)
+        except ValueError as exc:
+            raise WireError("invalid", str(exc)) from None
 
     def _set_sync(self, value: bool) -> None:
         self.in_sync = value

@@ -455,7 +455,8 @@ class _Entry:
     where: str
 
 
-def _unescape(text: str) -> str:
+def _unescape(text: str, hidden: bool = False) -> str:
+    """Java's escapes; with ``hidden`` (a secret's value) an error never quotes the text."""
     out: list[str] = []
     i = 0
     while i < len(text):
@@ -469,7 +470,8 @@ def _unescape(text: str) -> str:
         if c == "u":
             digits = text[i : i + 4]
             if not re.fullmatch(r"[0-9a-fA-F]{4}", digits):
-                raise ValueError(f"malformed escape \\u{digits}: expected 4 hex digits after \\u")
+                shown = "***" if hidden else digits
+                raise ValueError(f"malformed escape \\u{shown}: expected 4 hex digits after \\u")
             out.append(chr(int(digits, 16)))
             i += 4
         else:
@@ -523,7 +525,9 @@ def _read_file(path: str) -> list[_Entry]:
         where = f"{path}:{start}"
         raw_key, raw_value = _split_key(logical)
         try:
-            entries.append(_Entry(_unescape(raw_key), _unescape(raw_value), where))
+            key = _unescape(raw_key)
+            hidden = key.lower().endswith(("secret", "password"))
+            entries.append(_Entry(key, _unescape(raw_value, hidden), where))
         except ValueError as exc:
             raise SettingsError(str(exc), where=where) from exc
     return entries

@@ -16,7 +16,7 @@ from cache.journal import scan
 from cache.replica import Replica, ReplicaError
 from cache.replication import Follower, Hub, NotMasterError
 from cache.store import decode_value, encode_value
-from cache.wire import Hello, Item, Kind, Op, Session
+from cache.wire import Hello, Item, Kind, Op, Session, Welcome
 
 SECRET = b"replication secret for tests"
 
@@ -522,3 +522,80 @@ def test_a_write_not_waited_for_returns_at_once_and_the_next_one_covers_it(rig):
     c.set("e", 5)  # on the slave when it returns, and so is everything before it
     assert replica.position == r.replica.position
     assert contents(replica) == {"b": 2, "c": 3, "d": 4, "e": 5}
+
+
+class FakeMaster:
+    """A master on loopback that welcomes every follower at ``epoch`` and then sends what
+    ``first`` holds on the first connection only; found by fuzzing (issue 14)."""
+
+    def __init__(self, epoch: int, first: list) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.port = self.listener.getsockname()[1]
+        self.epoch, self.first, self.connections = epoch, first, 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.done.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # a timeout: look at done again
+                continue
+            with conn:
+                self.connections += 1
+                session = Session(None, initiator=False)
+                data = b""
+                while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                if not session.feed(data):
+                    continue  # no Hello
+                out = session.encode(Welcome("m", session.nonce, self.epoch, False))
+                if self.connections == 1:
+                    out += b"".join(session.encode(frame) for frame in self.first)
+                conn.sendall(out)
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(10)
+        self.listener.close()
+
+
+def test_a_stale_epoch_is_counted_once(tmp_path):
+    master = FakeMaster(3, [])
+    replica = Replica(tmp_path / "s1")
+    follower = Follower(replica, "c", "s1", None, lambda: 5, lambda p, s: None, retry_s=30)
+    try:
+        follower.follow("127.0.0.1", master.port, 3)
+        assert wait_for(lambda: follower.refused)
+        time.sleep(0.3)  # retry_s=30: no connection after the first retry
+        assert master.connections in (1, 2)
+        assert follower.refused == {"stale-epoch": master.connections}  # once per refusal
+    finally:
+        follower.stop()
+        master.close()
+        replica.close()
+
+
+def test_a_change_to_a_cache_the_replica_refuses_is_refused_before_it_is_staged(tmp_path):
+    # the wire carried any cache name; the replica refuses "é": the change was journaled and
+    # acknowledged, then every reconnection failed applying it, and the slave was stuck
+    bad = Op(1, 1, Kind.PUT, "é", "k", encode_value(1), None)
+    master = FakeMaster(1, [bad])
+    replica = Replica(tmp_path / "s1")
+    follower = Follower(replica, "c", "s1", None, lambda: 1, lambda p, s: None, retry_s=0.05)
+    try:
+        follower.follow("127.0.0.1", master.port, 1)
+        assert wait_for(lambda: follower.refused["invalid"] >= 1)
+        assert wait_for(lambda: master.connections >= 3)  # it comes back, and is not stuck
+        assert follower.refused["store"] == 0, follower.refused
+        assert replica.position == (0, 0) and contents(replica) == {}
+    finally:
+        follower.stop()
+        master.close()
+        replica.close()

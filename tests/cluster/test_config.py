@@ -245,6 +245,11 @@ def test_file_errors(tmp_path: Path) -> None:
     bad_escape = write(tmp_path, "\n\nfailover.node-id=a\\u00zz\n")
     with pytest.raises(SettingsError, match=r":3: malformed escape \\u00zz"):
         load_settings(bad_escape, environ={})
+    # a secret's value is never quoted, not even the bytes after a broken escape
+    bad_secret = write(tmp_path, "failover.secret=abcdefghijklmnop\\uS3cR\n")
+    with pytest.raises(SettingsError, match=r"malformed escape \\u\*\*\*") as caught:
+        load_settings(bad_secret, environ={})
+    assert "S3cR" not in str(caught.value)
 
 
 def test_aliases(tmp_path: Path) -> None:
