@@ -526,8 +526,7 @@ def _read_file(path: str) -> list[_Entry]:
         raw_key, raw_value = _split_key(logical)
         try:
             key = _unescape(raw_key)
-            hidden = key.lower().endswith(("secret", "password"))
-            entries.append(_Entry(key, _unescape(raw_value, hidden), where))
+            entries.append(_Entry(key, _unescape(raw_value, key in _HIDDEN_KEYS), where))
         except ValueError as exc:
             raise SettingsError(str(exc), where=where) from exc
     return entries
