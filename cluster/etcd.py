@@ -613,7 +613,6 @@ class EtcdBackend(Backend):
         self._state = State.SLAVE
         host, port = leader.get("host"), leader.get("port")
         endpoint = (str(host), int(port)) if isinstance(port, int) and port and host else None
-        log.info("Following master %s (epoch %d)", self._master, epoch)
         self._listener.on_following(self._master, epoch, endpoint)
 
     def _watch_leader(self, revision: int, timeout: float) -> bool:

@@ -73,7 +73,7 @@ class FailoverPlugin(Plugin):
         store = self._store()
         if store is None:
             return
-        from cache import inflight
+        from cache import NotMasterError, inflight
 
         jp = event.joinpoint
         trace = _trace_context() if sys.modules.get("opentelemetry") is not None else None
@@ -86,7 +86,10 @@ class FailoverPlugin(Plugin):
             cluster.epoch(),
             trace,
         )
-        store.set(record["message_id"], record)
+        try:
+            store.set(record["message_id"], record)
+        except NotMasterError as exc:  # it stepped down since _store(): the workflow must
+            _stepped_down(exc)  # not write either, and cluster.is_master() tells it so
 
     def on_step(self, step: Step) -> None:
         if step.message_id is None:
@@ -96,7 +99,18 @@ class FailoverPlugin(Plugin):
             # not waited for: a master that dies before the slaves have the removal leaves
             # the record of a call that ended, and a record only ever says "was under way,
             # may have finished" (a master can die after the work, before this line)
-            store.delete(str(step.message_id), wait=False)
+            from cache import NotMasterError
+
+            try:
+                store.delete(str(step.message_id), wait=False)
+            except NotMasterError as exc:
+                _stepped_down(exc)
+
+
+def _stepped_down(exc: Exception) -> None:
+    """A record refused because this node is no longer the master: not a plugin failure
+    (that would isolate the plugin for good), the node's own stop under way."""
+    log.info("in-flight record not written: %s", exc)
 
 
 _propagator: Any = None

@@ -561,3 +561,40 @@ def test_stop_without_start_does_nothing() -> None:
     call(plugin_set.probe_for(FLOW))
     plugin_set.stop()
     assert timings.batches == [] and timings.stopped_after is None
+
+
+def test_the_failover_plugin_takes_a_refused_record_as_the_node_stepping_down(caplog) -> None:
+    # Found by the fault campaign (python -m benchmarks.chaos, seed 3003, etcd): SIGTERM
+    # reached a master between the plugin's is_master() check and its write; the write's
+    # NotMasterError escaped as a plugin failure (a traceback, the plugin isolated).
+    import cluster
+    from agent.plugins.failover import FailoverPlugin
+    from cache import NotMasterError
+
+    class SteppingDown:
+        hub = None
+        node_id = "a"
+        epoch = 3
+
+        def is_master(self) -> bool:
+            return True
+
+    class RefusingStore:
+        def set(self, key: str, value: object) -> None:
+            raise NotMasterError("this node is not the master any more")
+
+        def delete(self, key: str, wait: bool = True) -> None:
+            raise NotMasterError("this node is not the master any more")
+
+    plugin = FailoverPlugin()
+    plugin._cache = RefusingStore()
+    jp = JoinPoint("flows", "workflow", "app.Flow.on_message", "msg")
+    cluster.install(SteppingDown())  # type: ignore[arg-type]
+    try:
+        with caplog.at_level(logging.INFO, logger="agent.plugins.failover"):
+            plugin.on_start(StartEvent(jp, "m1", 1, 1, 0))
+            plugin.on_step(Step("flows", "workflow", jp.name, "m1", 0, 5, None, 1, 0))
+    finally:
+        cluster.install(None)
+    refused = [r for r in caplog.records if "in-flight record not written" in r.getMessage()]
+    assert len(refused) == 2 and all(r.levelno == logging.INFO for r in refused)

@@ -7,6 +7,7 @@ process-level tests (kill -9, SIGSTOP, exit 75, the adapter's timeline) are in
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 
@@ -79,7 +80,8 @@ def never_two_masters(nodes, seconds: float) -> None:
         time.sleep(0.01)
 
 
-def test_three_nodes_elect_one_master_whose_epoch_is_the_etcd_revision(make_node):
+def test_three_nodes_elect_one_master_whose_epoch_is_the_etcd_revision(make_node, caplog):
+    caplog.set_level(logging.INFO, logger="cluster")
     a, b, c = (make_node(x) for x in "abc")
     for n in (a, b, c):
         n.start()
@@ -88,6 +90,9 @@ def test_three_nodes_elect_one_master_whose_epoch_is_the_etcd_revision(make_node
     others = [n for n in (a, b, c) if n is not master]
     assert wait_for(lambda: all(n.backend.master == master.node_id for n in others))
     assert all(n.epoch == master.epoch for n in others)
+    # one line per follower (the fault campaign's logs had each twice, backend and manager)
+    follows = [r.getMessage() for r in caplog.records if "Following master" in r.getMessage()]
+    assert len(follows) == 2, follows
     assert master.home.load_epoch() == master.epoch > 0
     # the replicated cache on this backend: the slaves have a returned write
     assert wait_for(lambda: sorted(master.hub.live_slaves()) == sorted(n.node_id for n in others))
