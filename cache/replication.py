@@ -765,6 +765,7 @@ class Follower:
                         self._set_sync(False)
                         self.replica.begin_snapshot()
                     elif isinstance(frame, Item):
+                        _check_target(frame.cache, frame.key)
                         self.replica.add_item(frame)
                     elif isinstance(frame, SnapshotEnd):
                         self.replica.end_snapshot((frame.epoch, frame.seq))
@@ -804,14 +805,23 @@ class Follower:
             raise WireError(
                 "epoch-mismatch", f"change of epoch {op.epoch} on a stream of {master_epoch}"
             )
-        try:  # a change the stores would refuse is refused before it is staged or acked
-            check_name(op.cache)
-        except ValueError as exc:
-            raise WireError("invalid", str(exc)) from None
+        _check_target(op.cache, op.key)
 
     def _set_sync(self, value: bool) -> None:
         self.in_sync = value
         self.on_position(self.replica.position, value)
+
+
+def _check_target(name: str, key: str) -> None:
+    """A change or snapshot entry for a cache the stores would refuse, or for a reserved key
+    (NUL first: the store's own position row), is refused ('invalid') before it is staged
+    or acknowledged, not counted as a failure of the stores nor written over the position."""
+    try:
+        check_name(name)
+    except ValueError as exc:
+        raise WireError("invalid", str(exc)) from None
+    if key.startswith("\x00"):
+        raise WireError("invalid", f"reserved key {key!r} in cache {name!r}")
 
 
 class _Applier:

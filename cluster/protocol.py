@@ -33,11 +33,11 @@ so a node id can go into a log line as it is.
 
 Checks, in order, each a reason counted in :attr:`Codec.dropped`: ``short`` (truncated),
 ``magic``, ``version``, ``malformed`` (unknown flags or role, bad lengths or UTF-8, trailing
-bytes), ``foreign`` (another cluster), then, when the codec has a secret, ``unauthenticated``
-(no HMAC), ``forged`` (wrong HMAC), ``stale`` (``sent_ms`` further than the replay window
-from the receiver's clock) and ``replayed``; without a secret, an authenticated packet is
-``unexpected-auth`` (a peer configured with a secret this node lacks), and there is no
-replay check: the election copes with duplicates.
+bytes, an epoch over :data:`MAX_EPOCH`), ``foreign`` (another cluster), then, when the
+codec has a secret, ``unauthenticated`` (no HMAC), ``forged`` (wrong HMAC), ``stale``
+(``sent_ms`` further than the replay window from the receiver's clock) and ``replayed``;
+without a secret, an authenticated packet is ``unexpected-auth`` (a peer configured with a
+secret this node lacks), and there is no replay check: the election copes with duplicates.
 
 Replay protection keeps, per node id, the latest incarnation and an IPsec-style window: the
 highest ``seq`` seen and a 64-bit bitmap of the ones below it. A packet is refused when its
@@ -64,6 +64,12 @@ FLAG_AUTHENTICATED = 0x01
 MAX_NAME_BYTES = 64
 MAC_BYTES = 32
 REPLAY_WINDOW_PACKETS = 64
+#: The largest epoch a received heartbeat may carry (a signed 64-bit integer, like etcd's
+#: revisions). A node promotes itself one above the largest epoch it heard, so a peer's
+#: epoch at the field's maximum would make the node's own heartbeat unencodable and stop
+#: it (found by fuzzing, issue 14); from this bound, a node's epoch can reach the field's
+#: maximum only after 2**63 promotions of its own.
+MAX_EPOCH = 2**63 - 1
 
 _HEADER = struct.Struct("!2sBB")
 _FIXED = struct.Struct("!BHH4sQQQQQQ")
@@ -285,7 +291,7 @@ class Codec:
                 return "malformed", None
             names.append(name)
             offset += size
-        if offset != end or role not in _ROLES:
+        if offset != end or role not in _ROLES or epoch > MAX_EPOCH:
             return "malformed", None
         if names[0] != self.cluster:
             return "foreign", None

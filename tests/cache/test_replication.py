@@ -15,8 +15,8 @@ from cache import Cache
 from cache.journal import scan
 from cache.replica import Replica, ReplicaError
 from cache.replication import Follower, Hub, NotMasterError
-from cache.store import decode_value, encode_value
-from cache.wire import Hello, Item, Kind, Op, Session, Welcome
+from cache.store import POSITION_KEY, decode_value, encode_value
+from cache.wire import Hello, Item, Kind, Op, Session, SnapshotBegin, SnapshotEnd, Welcome
 
 SECRET = b"replication secret for tests"
 
@@ -526,7 +526,8 @@ def test_a_write_not_waited_for_returns_at_once_and_the_next_one_covers_it(rig):
 
 class FakeMaster:
     """A master on loopback that welcomes every follower at ``epoch`` and then sends what
-    ``first`` holds on the first connection only; found by fuzzing (issue 14)."""
+    ``first`` holds (frames, or bytes sent as they are) on the first connection only, and
+    ends each stream there: it closes once the follower has closed (issue 14's fuzzing)."""
 
     def __init__(self, epoch: int, first: list) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -544,6 +545,7 @@ class FakeMaster:
             except OSError:  # a timeout: look at done again
                 continue
             with conn:
+                conn.settimeout(10)
                 self.connections += 1
                 session = Session(None, initiator=False)
                 data = b""
@@ -556,9 +558,18 @@ class FakeMaster:
                     continue  # no Hello
                 out = session.encode(Welcome("m", session.nonce, self.epoch, False))
                 if self.connections == 1:
-                    out += b"".join(session.encode(frame) for frame in self.first)
-                conn.sendall(out)
-                time.sleep(0.05)
+                    out += b"".join(
+                        frame if isinstance(frame, bytes) else session.encode(frame)
+                        for frame in self.first
+                    )
+                # a follower that refuses the stream may close before it is all sent
+                with contextlib.suppress(OSError):
+                    conn.sendall(out)
+                    # the end of the stream; closing before the follower does could reset
+                    # the link under data it has not read yet
+                    conn.shutdown(socket.SHUT_WR)
+                    while conn.recv(65536):
+                        pass
 
     def close(self) -> None:
         self.done.set()
@@ -566,36 +577,58 @@ class FakeMaster:
         self.listener.close()
 
 
-def test_a_stale_epoch_is_counted_once(tmp_path):
-    master = FakeMaster(3, [])
+@contextlib.contextmanager
+def following(tmp_path, frames: list, epoch: int = 1, known: int = 1, retry_s: float = 0.05):
+    """A follower (``known``: the newest epoch it knows) of a :class:`FakeMaster` at
+    ``epoch`` that sends ``frames`` first."""
+    master = FakeMaster(epoch, frames)
     replica = Replica(tmp_path / "s1")
-    follower = Follower(replica, "c", "s1", None, lambda: 5, lambda p, s: None, retry_s=30)
+    follower = Follower(replica, "c", "s1", None, lambda: known, lambda p, s: None, retry_s=retry_s)
     try:
-        follower.follow("127.0.0.1", master.port, 3)
-        assert wait_for(lambda: follower.refused)
-        time.sleep(0.3)  # retry_s=30: no connection after the first retry
-        assert master.connections in (1, 2)
-        assert follower.refused == {"stale-epoch": master.connections}  # once per refusal
+        follower.follow("127.0.0.1", master.port, epoch)
+        yield master, replica, follower
     finally:
         follower.stop()
         master.close()
         replica.close()
+
+
+def test_a_stale_epoch_is_counted_once(tmp_path):
+    with following(tmp_path, [], epoch=3, known=5, retry_s=30) as (master, _replica, follower):
+        assert wait_for(lambda: follower.refused)
+        time.sleep(0.3)  # retry_s=30: no connection after the first retry
+        assert master.connections in (1, 2)
+        assert follower.refused == {"stale-epoch": master.connections}  # once per refusal
 
 
 def test_a_change_to_a_cache_the_replica_refuses_is_refused_before_it_is_staged(tmp_path):
     # the wire carried any cache name; the replica refuses "é": the change was journaled and
     # acknowledged, then every reconnection failed applying it, and the slave was stuck
     bad = Op(1, 1, Kind.PUT, "é", "k", encode_value(1), None)
-    master = FakeMaster(1, [bad])
-    replica = Replica(tmp_path / "s1")
-    follower = Follower(replica, "c", "s1", None, lambda: 1, lambda p, s: None, retry_s=0.05)
-    try:
-        follower.follow("127.0.0.1", master.port, 1)
+    with following(tmp_path, [bad]) as (master, replica, follower):
         assert wait_for(lambda: follower.refused["invalid"] >= 1)
         assert wait_for(lambda: master.connections >= 3)  # it comes back, and is not stuck
         assert follower.refused["store"] == 0, follower.refused
         assert replica.position == (0, 0) and contents(replica) == {}
-    finally:
-        follower.stop()
-        master.close()
-        replica.close()
+
+
+def test_a_snapshot_entry_for_a_cache_the_replica_refuses_is_refused_not_a_store_failure(
+    tmp_path,
+):
+    # found by fuzzing (issue 14, tests/fuzz): an Item's cache name went unchecked, so the
+    # replica's ValueError was counted 'store', the reason for stores that cannot write
+    frames = [SnapshotBegin(1, 1), Item("or$ers", "k", encode_value(1), None), SnapshotEnd(1, 1)]
+    with following(tmp_path, frames) as (master, replica, follower):
+        assert wait_for(lambda: master.connections >= 2)  # the first session is over
+        assert follower.refused == {"invalid": 1}, follower.refused
+        assert replica.position == (0, 0) and replica.names() == []
+
+
+def test_a_change_to_a_reserved_key_is_refused_and_never_overwrites_the_position(tmp_path):
+    # found reading the fuzzers' results (issue 14): the master never writes a key starting
+    # with NUL, but a change from the wire could name the store's own position row
+    forged = Op(1, 1, Kind.PUT, "orders", POSITION_KEY, encode_value([9, 9]), None)
+    with following(tmp_path, [forged]) as (_master, replica, follower):
+        assert wait_for(lambda: follower.refused["invalid"] >= 1)
+        assert follower.refused["store"] == 0, follower.refused
+        assert replica.position == (0, 0) and contents(replica) == {}

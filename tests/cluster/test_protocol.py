@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cluster.protocol import (
+    MAX_EPOCH,
     MAX_PACKET_BYTES,
     VERSION,
     Codec,
@@ -49,7 +50,7 @@ def heartbeats(cluster: st.SearchStrategy[str] = NAMES) -> st.SearchStrategy[Hea
         cluster=cluster,
         node_id=NAMES,
         role=st.sampled_from(Role),
-        epoch=U64,
+        epoch=st.integers(0, MAX_EPOCH),
         priority=U16,
         incarnation=U64,
         seq=U64,
@@ -192,6 +193,17 @@ def test_each_drop_reason() -> None:
     dropped_as(signed, authentic, "replayed")
     assert set(plain.dropped) | set(signed.dropped) == ALL_REASONS
     assert plain.accepted == signed.accepted == 1
+
+
+def test_an_epoch_over_the_largest_is_dropped_and_a_promotion_over_it_fits() -> None:
+    # found by fuzzing (issue 14, tests/fuzz): a heartbeat of epoch 2**64 - 1 was taken, the
+    # node promoted itself to 2**64, its own heartbeat could not be encoded and the
+    # failover loop stopped
+    plain = Codec("default")
+    for epoch in (MAX_EPOCH + 1, 2**64 - 1):
+        dropped_as(plain, plain.encode(beat(epoch=epoch)), "malformed")
+    assert plain.decode(plain.encode(beat(epoch=MAX_EPOCH)), NOW) == beat(epoch=MAX_EPOCH)
+    assert plain.encode(beat(epoch=MAX_EPOCH + 1))  # the promotion over it goes out
 
 
 def test_replay_window_setting() -> None:
