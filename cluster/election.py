@@ -39,7 +39,8 @@ position of its replicated state. A node's life::
   that start together elect the same one, by that rule, never by luck.
 - *Promotion* takes ``max(every epoch seen) + 1``; the driver persists it
   (:class:`PersistEpoch`) before anything is announced with it, so the epoch
-  survives restarts and never repeats on one node.
+  survives restarts and never repeats on one node. A higher epoch heard from
+  anyone is persisted as well, so a restarted node never takes one it heard held.
 - *Two masters meet* (a healed partition, a simultaneous claim): the higher
   epoch wins; at equal epochs the higher priority, then the smaller node id.
   Only the loser steps down. A master that hears any node report a higher epoch
@@ -274,7 +275,11 @@ class Election:
             return actions  # a duplicate or a late packet: older news than we have
         peer = self._record(hb, now)
         if hb.epoch > self.known_epoch:
+            # persisted too: a node that restarts alone must not take an epoch it heard
+            # another node hold (found by the fault campaign, seed 4028: a slave paused
+            # while a rival took epoch 3 heard it on waking, restarted, and took 3 again)
             self.known_epoch = hb.epoch
+            actions.append(PersistEpoch(hb.epoch))
         handler = _TRANSITIONS.get((self.state, hb.role))
         if handler is not None:
             handler(self, peer, now, actions)

@@ -28,7 +28,9 @@ node, so it finishes that one first and removes that node's temp file. Two rules
 all together: the output is published with ``os.link``, which never replaces an existing
 file (so no second node, not even an old master waking up from a pause, can write it
 again), and the input is removed only once the output exists. Before writing, the workflow
-checks ``cluster.is_master()``. The ``delivered`` journal (a replicated cache, see
+checks ``cluster.is_master()``, and again before it removes the input (a master paused
+right after a delivery wakes up no longer master: its successor removes it). The
+``delivered`` journal (a replicated cache, see
 ``cache.get_cache``) is what a producer whose result cannot be looked at (a queue, an HTTP
 call) would rely on; here the output folder is a second witness. Message ids must be
 unique: a file whose output already exists is taken as delivered.
@@ -263,6 +265,8 @@ class Channel:
             if message is None:
                 return False
             self.workflow.on_message(message)
+            if not cluster.is_master():  # paused after the delivery: its successor removes
+                raise cache.NotMasterError(f"{message_id}: no longer the master")
             trace("delivered", message_id)
             self.consumer.acknowledge(message)
             trace("removed", message_id)
@@ -314,8 +318,9 @@ def run(inbox: str, outbox: str, errors: str, delay_ms: int, once: bool, poll_ms
 # -- test and demo aids ------------------------------------------------------------------
 # --trace FILE appends one line per step of each message to FILE (the nodes of a cluster may
 # share it): "MONOTONIC EVENT NODE EPOCH DETAIL MESSAGE-ID". --pause-at STEP:MESSAGE-ID makes
-# the first node that reaches STEP for that message stop there until it is killed, so that a
-# test can kill it at that very point. Neither changes what the adapter does.
+# the first node that reaches STEP for that message stop there until it is killed or the
+# marker file it made (TRACE.paused-STEP-MESSAGE-ID) is removed, so that a test can kill or
+# freeze it at that very point. Neither changes what the adapter does.
 
 _trace_fd: int | None = None
 _trace_file = ""
@@ -334,8 +339,8 @@ def trace(event: str, message_id: str = "-", detail: str = "-") -> None:
         except FileExistsError:
             return  # another node paused here already
         trace("paused", message_id, event)
-        while True:
-            time.sleep(3600)
+        while os.path.exists(marker):  # until killed, or let go by removing the marker
+            time.sleep(0.01)
 
 
 def start_tracing(path: str, pause_at: list[str]) -> None:

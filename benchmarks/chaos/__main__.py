@@ -34,7 +34,7 @@ from benchmarks.chaos.net import sweep
 
 LOSSES = (
     "acked_lost_outside",
-    "acked_lost_cut_off",
+    "acked_lost_no_live_slave",
     "acked_lost_losing_side",
     "files_lost",
     "files_twice",
@@ -106,8 +106,8 @@ def table(summary: dict[str, Any]) -> str:
     row("acknowledged writes", lambda s: s["acked_writes"])
     row("acknowledged writes lost outside partitions", lambda s: s["acked_lost_outside"])
     row(
-        "... lost by a master cut off from every slave / by the losing side of a partition",
-        lambda s: f"{s['acked_lost_cut_off']} / {s['acked_lost_losing_side']}",
+        "... lost by a master with no live slave / by the losing side of a partition",
+        lambda s: f"{s['acked_lost_no_live_slave']} / {s['acked_lost_losing_side']}",
     )
     row("files fed", lambda s: s["files_fed"])
     row(

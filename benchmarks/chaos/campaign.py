@@ -23,6 +23,7 @@ the run from these files and the folders alone.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -65,7 +66,9 @@ class Plan:
 
     @property
     def window_s(self) -> float:
-        return self.delay_ms * self.retries / 1000
+        """The takeover window: ``delay * retries``; on etcd the lease, in whole seconds."""
+        window = self.delay_ms * self.retries / 1000
+        return float(max(1, math.ceil(window))) if self.backend == "etcd" else window
 
 
 class Run:
@@ -83,6 +86,8 @@ class Run:
         self.paused: set[str] = set()
         self.fed = 0
         self._feeding = threading.Event()
+        self._ended = threading.Event()
+        self._lock = threading.Lock()
         self._log = open(folder / "events.log", "a", encoding="utf-8")
         self.lab: Lab | None = None
         self.etcd: subprocess.Popen | None = None
@@ -90,9 +95,10 @@ class Run:
     # -- the campaign's log ------------------------------------------------------------------
 
     def note(self, event: str, *args: object) -> None:
-        line = " ".join([f"{time.monotonic():.6f}", event, *map(str, args)])
-        self._log.write(line + "\n")
-        self._log.flush()
+        with self._lock:
+            line = " ".join([f"{time.monotonic():.6f}", event, *map(str, args)])
+            self._log.write(line + "\n")
+            self._log.flush()
 
     # -- nodes -------------------------------------------------------------------------------
 
@@ -146,10 +152,21 @@ class Run:
 
     def reap(self) -> None:
         """Log the exit of every node process that ended since the last look."""
-        for name, popen in list(self.procs.items()):
-            if popen.poll() is not None and not getattr(popen, "_noted", False):
+        with self._lock:
+            ended = [
+                (name, popen)
+                for name, popen in self.procs.items()
+                if popen.poll() is not None and not getattr(popen, "_noted", False)
+            ]
+            for _, popen in ended:
                 popen._noted = True  # type: ignore[attr-defined]
-                self.note("exit", name, popen.returncode)
+        for name, popen in ended:
+            self.note("exit", name, popen.returncode)
+
+    def watch(self) -> None:
+        """Exits logged within 50 ms of happening, whatever the main thread is doing."""
+        while not self._ended.wait(0.05):
+            self.reap()
 
     def revive(self) -> None:
         self.reap()
@@ -329,6 +346,8 @@ class Run:
         )
         self.lab = Lab(self.plan.hosts)
         feeder = threading.Thread(target=self.feed, daemon=True)
+        watcher = threading.Thread(target=self.watch, daemon=True)
+        watcher.start()
         try:
             if self.plan.backend == "etcd":
                 self.start_etcd()
@@ -362,12 +381,15 @@ class Run:
             self.stop_nodes()
         finally:
             self._feeding.set()
+            self._ended.set()
+            watcher.join()
             self.close()
 
     def stop_nodes(self) -> None:
         master = self.master()
         order = [n for n in self.names if n != master] + ([master] if master else [])
         for name in order:
+            self.note("stop", name)
             self.signal(name, signal.SIGTERM)
             popen = self.procs[name]
             try:

@@ -16,11 +16,13 @@ What it reports (:func:`check_run`):
   latter is a failure on multicast (which has no quorum by design); on etcd any overlap is.
 - **acknowledged writes lost**: ``acked`` entries (written with ``cache.replication=sync``
   before being traced) missing from the final master's ledger. Two kinds are counted
-  apart, as the contract allows them: a write acknowledged while its master's host was
-  cut off from every other host (no slave was live: "a write survives the master's crash
-  when any slave was live"), and a write acknowledged by the side of a partition that
-  lost: by a master that had a rival during a partition, or that a master promoted on the
-  other side replaced (multicast has no quorum: at the heal one side's writes give way;
+  apart, as the contract allows them: a write acknowledged while its master counted no
+  slave live (from its log's "slave X is live" and "replication to X ... closed" lines:
+  "a write survives the master's crash when any slave was live"; a master cut off by a
+  partition drops its slaves this way), and a write acknowledged by the side of a
+  partition that lost: by a master that had a rival during a partition, or that a master
+  promoted on the other side replaced (multicast has no quorum: at the heal one side's
+  writes give way;
   on etcd, the cut-off master acknowledges with the slaves on its side until its lease
   runs out). Any other loss is a failure.
 - **epochs**: a node promoted twice at one epoch or to a lower one (never allowed); one
@@ -29,7 +31,8 @@ What it reports (:func:`check_run`):
   lines), half-written (temp files left, or an output that is not its input upper-cased
   plus one header naming the node that linked it), failed.
 - **nodes**: nodes that did not end following the final master, processes that crashed
-  (a traceback, or an exit status that is neither 0, 75 nor our own SIGKILL).
+  (a traceback, or an exit status that is neither 0, 75 nor the signal we sent: our
+  SIGKILL, or our SIGTERM to a process that had not yet set its handler).
 - **unavailability**: per fault that hit the master, seconds from the fault until the
   next acknowledged delivery by any node.
 """
@@ -64,6 +67,8 @@ ROLE = re.compile(
     r"^(\d+\.\d+) \w+ cluster (?:Promoted to Master node \(epoch (\d+)|"
     r"Following master (\S+) \(epoch (\d+)\))"
 )
+LIVE = re.compile(r"^(\d+\.\d+) INFO\s+\[cache\.replication\] slave (\S+) is live at")
+CLOSED = re.compile(r"^(\d+\.\d+) INFO\s+\[cache\.replication\] replication to (\S+) \(.*closed")
 FAULT_KINDS = {"isolate", "split"}  # faults that make a partition
 
 
@@ -93,6 +98,7 @@ class Log:
     sides: list[list[set[str]]] = field(default_factory=list)  # each partition's sides
     exits: list[tuple[float, str, int]] = field(default_factory=list)
     killed: list[tuple[float, str]] = field(default_factory=list)
+    termed: list[tuple[float, str]] = field(default_factory=list)  # sent SIGTERM
     fed: int = 0
     settled: bool = False
 
@@ -110,6 +116,8 @@ def read_events(path: Path) -> Log:
             log.faults.append(Fault(t, args[0], args[1], args[2]))
             if args[0] == "kill":
                 log.killed.append((t, args[1]))
+            elif args[0] in ("term", "restart"):
+                log.termed.append((t, args[1]))
             if args[0] in FAULT_KINDS:
                 opened = t
                 sides = [set(side.split(",")) for side in args[3].split("|")]
@@ -121,6 +129,8 @@ def read_events(path: Path) -> Log:
             log.exits.append((t, args[0], int(args[1])))
         elif event == "stuck":
             log.killed.append((t, args[0]))
+        elif event == "stop":
+            log.termed.append((t, args[0]))
         elif event == "fed":
             log.fed = int(args[0])
         elif event == "settled":
@@ -181,6 +191,35 @@ def _overlap_outside(
 
 def _inside(t: float, partitions: list[tuple[float, float]], fencing: float) -> bool:
     return any(a <= t <= b + fencing for a, b in partitions)
+
+
+def live_slaves(path: Path) -> list[tuple[str, float, float]]:
+    """(slave, from, until): when the master whose output ``path`` is counted each slave
+    live (it waits for their acknowledgements), from its own log lines."""
+    spans, opened = [], {}
+    for line in path.read_text(errors="replace").splitlines():
+        match = LIVE.match(line)
+        if match:
+            opened.setdefault(match.group(2), float(match.group(1)))
+            continue
+        match = CLOSED.match(line)
+        if match and match.group(2) in opened:
+            spans.append((match.group(2), opened.pop(match.group(2)), float(match.group(1))))
+    spans += [(slave, t, float("inf")) for slave, t in opened.items()]
+    return spans
+
+
+def _process_at(paths: list[Path], t: float) -> Path | None:
+    """The output of the node's process that ran at ``t`` (the latest one begun by then)."""
+    found = None
+    for path in paths:
+        first = path.read_text(errors="replace").split(" ", 1)[0]
+        try:
+            if float(first) <= t:
+                found = path
+        except ValueError:
+            continue
+    return found
 
 
 def _side(log: Log, node: str, t: float, fencing: float) -> set[str] | None:
@@ -298,10 +337,13 @@ def check_run(folder: Path) -> dict[str, Any]:
         for path in paths:
             if "Traceback (most recent call last)" in path.read_text(errors="replace"):
                 crashes.append(path.name)
-    killed = Counter(name for _, name in log.killed)
+    sent = {
+        -9: Counter(name for _, name in log.killed),
+        -15: Counter(name for _, name in log.termed),
+    }
     for _, name, code in log.exits:
-        if code == -9 and killed[name] > 0:
-            killed[name] -= 1
+        if code in sent and sent[code][name] > 0:  # the signal we sent (SIGTERM before
+            sent[code][name] -= 1  # Python set its handler: a node that was starting)
         elif code not in (0, 75):
             crashes.append(f"{name} exited {code}")
     result["crashes"] = crashes
@@ -311,13 +353,19 @@ def check_run(folder: Path) -> dict[str, Any]:
     starts = [e for e in trace if e.event == "start"]
     acked = [e for e in trace if e.event == "acked"]
     ledger = read_ledger(folder / "state" / final) if final else None
-    lost: dict[str, list[str]] = {"cut_off": [], "losing_side": [], "outside": []}
+    lost: dict[str, list[str]] = {"no_live_slave": [], "losing_side": [], "outside": []}
+    spans: dict[Path, list[tuple[str, float, float]]] = {}
     for e in acked:
         if ledger is not None and e.message in ledger:
             continue
+        process = _process_at(logs.get(e.node, []), e.t)
+        if process is not None and process not in spans:
+            spans[process] = live_slaves(process)
         side = _side(log, e.node, e.t, window)
-        if side is not None and len(side) == 1:
-            lost["cut_off"].append(e.message)  # no slave could be live: the contract allows it
+        if not any(a <= e.t < b for _, a, b in spans.get(process, [])):  # type: ignore[arg-type]
+            # its master waited for no slave: "a write survives the master's crash when
+            # any slave was live" does not cover it
+            lost["no_live_slave"].append(e.message)
         elif f"{e.node}@{e.epoch}" in rivals or (
             side is not None
             and any(

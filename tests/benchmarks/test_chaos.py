@@ -37,7 +37,11 @@ class FakeRun:
         self.events = [f"0.0 plan seed=1 hosts=3 backend={backend} window={WINDOW}"]
         self.trace: list[str] = ["1.0 start n1 1 0 -"]
         self.logs = {
-            "n1.0": ["0.9 INFO cluster Promoted to Master node (epoch 1, rank 0 among 3 nodes)"],
+            "n1.0": [
+                "0.9 INFO cluster Promoted to Master node (epoch 1, rank 0 among 3 nodes)",
+                "0.95 INFO  [cache.replication] slave n2 is live at (1, 0)",
+                "0.96 INFO  [cache.replication] slave n3 is live at (1, 0)",
+            ],
             "n2.0": ["0.9 INFO cluster Following master n1 (epoch 1)"],
             "n3.0": ["0.9 INFO cluster Following master n1 (epoch 1)"],
         }
@@ -113,12 +117,15 @@ def test_an_acknowledged_write_missing_on_the_final_master_is_lost(tmp_path):
     assert "acked_lost_outside" in verdict["failures"]
 
     (tmp_path / "b").mkdir()
-    run = FakeRun(tmp_path / "b")  # acknowledged while n1 reached no other host
+    run = FakeRun(tmp_path / "b")  # acknowledged once n1 had dropped its unreachable slaves
     run.events += ["2.9 fault isolate n1 master n1|n2,n3", "3.2 heal"]
+    for slave in ("n2", "n3"):
+        closed = f"replication to {slave} (('10.77.0.2', 1)) closed: too slow to acknowledge"
+        run.logs["n1.0"].append(f"2.95 INFO  [cache.replication] {closed}")
     run.deliver(3, "n1", 1, 3.0, ledger=False)
     run.events = [e.replace("fed 3", "fed 4") for e in run.events]
     verdict = run.write()
-    assert verdict["acked_lost_cut_off"] == [message_name(3)]
+    assert verdict["acked_lost_no_live_slave"] == [message_name(3)]
     assert verdict["failures"] == []
 
     (tmp_path / "c").mkdir()

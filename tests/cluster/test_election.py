@@ -55,11 +55,27 @@ def test_lone_node_listens_one_window_then_promotes_with_a_new_persisted_epoch()
     assert m.is_master(t)
 
 
+def test_a_heard_epoch_is_persisted_so_that_a_restart_alone_never_takes_it_again():
+    # found by the fault campaign (python -m benchmarks.chaos, seed 4028): b, paused while
+    # c took epoch 3, heard c on waking, restarted with nobody in sight and took 3 again
+    b = Election("b", 100, TIMING, epoch=2)
+    b.start(0.0)
+    actions = b.receive(hb("c", Role.MASTER, 3), 0.1)
+    stored = [a.epoch for a in actions if isinstance(a, PersistEpoch)]
+    assert stored == [3]
+    again = Election("b", 100, TIMING, epoch=stored[-1], incarnation=2)  # from its folder
+    again.start(10.0)
+    promoted: list = []
+    while not promoted:
+        promoted = [a for a in again.tick(again.deadline) if isinstance(a, Promote)]
+    assert promoted[0].epoch == 4
+
+
 def test_joining_node_hearing_a_master_follows_it():
     m = Election("b", 100, TIMING)
     m.start(0.0)
     actions = m.receive(hb("a", Role.MASTER, 7), 0.1)
-    assert actions == [Follow("a", 7)]
+    assert actions == [PersistEpoch(7), Follow("a", 7)]  # a restart must not take 7 again
     assert m.state is State.SLAVE
     assert m.known_epoch == 7
 
@@ -91,7 +107,7 @@ def test_ranked_candidates_claim_one_skew_apart():
     assert m.deadline == pytest.approx(lost + TIMING.settle + TIMING.skew)
     # b (better priority) claims in time: c follows it instead of claiming
     actions = m.receive(hb("b", Role.MASTER, 2, seq=3, priority=200), lost + 0.01)
-    assert actions == [Follow("b", 2)]
+    assert actions == [PersistEpoch(2), Follow("b", 2)]
 
 
 def test_resignation_starts_the_election_at_once():
@@ -143,7 +159,7 @@ def test_dead_master_process_candidates_still_rank_by_state_position():
     assert m.state is State.CANDIDATE  # b holds more of the state: it claims first
     assert m.deadline == pytest.approx(1.001 + TIMING.settle + TIMING.skew)
     claimed = 1.001 + TIMING.settle + 0.01
-    assert m.receive(hb("b", Role.MASTER, 4, seq=3), claimed) == [Follow("b", 4)]
+    assert m.receive(hb("b", Role.MASTER, 4, seq=3), claimed) == [PersistEpoch(4), Follow("b", 4)]
 
 
 def test_a_master_that_beats_after_the_close_is_alive_whatever_refused():
@@ -236,7 +252,7 @@ def test_two_masters_only_the_loser_steps_down():
     assert Demote not in kinds(actions) and high.state is State.MASTER
     assert kinds(actions) == [Send]  # makes itself heard at once
     actions = high.receive(hb("y", Role.MASTER, 10), high.deadline - 0.01)
-    assert kinds(actions) == [Demote] and high.state is State.STOPPED
+    assert kinds(actions) == [PersistEpoch, Demote] and high.state is State.STOPPED
 
 
 def test_equal_epochs_priority_then_node_id_decides():
@@ -260,7 +276,8 @@ def test_master_replaced_while_partitioned_learns_it_from_any_node():
     m.start(0.0)
     while m.state is not State.MASTER:
         m.tick(m.deadline)
-    assert kinds(m.receive(hb("b", Role.SLAVE, m.epoch + 1), m.deadline - 0.01)) == [Demote]
+    actions = m.receive(hb("b", Role.SLAVE, m.epoch + 1), m.deadline - 0.01)
+    assert kinds(actions) == [PersistEpoch, Demote]
 
 
 def test_paused_master_demotes_before_anything_else_on_waking():
@@ -511,7 +528,8 @@ def test_restarted_old_master_joins_as_slave_and_keeps_its_epoch():
     settle(sim, 12.0)
     assert sim.master() == new
     assert sim.nodes[old].machine.known_epoch == sim.nodes[new].machine.epoch
-    assert sim.nodes[old].stored_epoch == 1  # what it persisted when it was master
+    # what it persisted: the epoch of the master it now follows, heard on rejoining
+    assert sim.nodes[old].stored_epoch == sim.nodes[new].machine.epoch
 
 
 def test_epochs_survive_a_whole_cluster_restart():

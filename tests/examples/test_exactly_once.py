@@ -15,6 +15,7 @@ to stay exactly-once, but the tests check that the new master learns from it).
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -161,3 +162,28 @@ def test_a_paused_master_that_wakes_up_writes_nothing(fs_cluster) -> None:
     late = [e for e in c.events() if e.node == first.node and e.t > stopped_at]
     assert not [e for e in late if e.event in ("written", "linked", "recorded")], late
     assert all(writers[name] in (first.node, new.node) for name in c.fed)
+
+
+def test_a_master_frozen_right_after_a_delivery_removes_nothing_when_it_wakes(fs_cluster) -> None:
+    # Found by the fault campaign (python -m benchmarks.chaos, seed 5004): a master stopped
+    # by SIGSTOP between recording a delivery and removing its input woke past its lease
+    # and still removed the input, after its successor had started: work by a stale master.
+    target = message_name(5)
+    c = fs_cluster("--delay-ms", "10", "--pause-at", f"recorded:{target}")
+    first = c.start_settled()
+    c.feed(range(20))
+    c.wait_event("paused", target)
+    old = c.process(first.node)
+    old.popen.send_signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        new = c.wait_master(first.epoch)
+        c.wait_done()
+    finally:
+        os.remove(f"{c.trace}.paused-recorded-{target}")  # the pause point lets go...
+        old.popen.send_signal(signal.SIGCONT)  # ...and the process runs on from there
+    assert old.wait() == EXIT_DEMOTED, c.describe()
+    assert new.node != first.node
+    c.check()
+    late = [e for e in c.events() if e.node == first.node and e.t > stopped_at]
+    assert late == [], late
