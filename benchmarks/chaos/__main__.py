@@ -80,6 +80,7 @@ def summarize(verdicts: list[dict[str, Any]]) -> dict[str, Any]:
             "double_masters_outside": sum(v["double_masters_outside"] for v in mine),
             "double_master_max_s": max((v["double_master_max_s"] for v in mine), default=0.0),
             "acked_writes": sum(v["acked"] for v in mine),
+            "refused_at_start": sum(v["refused_at_start"] for v in mine),
             "files_fed": sum(v["fed"] for v in mine),
             **{key: sum(len(v[key]) for v in mine) for key in LOSSES},
             "unavailable_s": {
@@ -119,6 +120,10 @@ def table(summary: dict[str, Any]) -> str:
         lambda s: f"{s['epochs_reused_on_a_node']} / {s['epochs_shared_outside']}",
     )
     row("nodes that never rejoined / crashed", lambda s: f"{s['not_rejoined']} / {s['crashes']}")
+    row(
+        "nodes that found etcd unreachable at start (exit 2, restarted)",
+        lambda s: s["refused_at_start"],
+    )
     kinds = sorted({k for s in summary.values() for k in s["unavailable_s"]})
     for kind in kinds:
         row(

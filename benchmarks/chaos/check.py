@@ -32,7 +32,9 @@ What it reports (:func:`check_run`):
   plus one header naming the node that linked it), failed.
 - **nodes**: nodes that did not end following the final master, processes that crashed
   (a traceback, or an exit status that is neither 0, 75 nor the signal we sent: our
-  SIGKILL, or our SIGTERM to a process that had not yet set its handler).
+  SIGKILL, or our SIGTERM to a process that had not yet set its handler; nor the exit 2
+  of a node that found etcd unreachable as it started, the documented refusal, counted
+  as ``refused_at_start``).
 - **unavailability**: per fault that hit the master, seconds from the fault until the
   next acknowledged delivery by any node.
 """
@@ -333,10 +335,15 @@ def check_run(folder: Path) -> dict[str, Any]:
 
     # -- crashes
     crashes = []
-    for paths in logs.values():
+    refused = Counter()  # the contract's exit 2: etcd unreachable as the node started
+    for name, paths in logs.items():
         for path in paths:
-            if "Traceback (most recent call last)" in path.read_text(errors="replace"):
+            text = path.read_text(errors="replace")
+            if "Traceback (most recent call last)" in text:
                 crashes.append(path.name)
+            if "twinweave: error: failover.etcd.endpoints=" in text:
+                refused[name] += 1
+    result["refused_at_start"] = sum(refused.values())
     sent = {
         -9: Counter(name for _, name in log.killed),
         -15: Counter(name for _, name in log.termed),
@@ -344,6 +351,8 @@ def check_run(folder: Path) -> dict[str, Any]:
     for _, name, code in log.exits:
         if code in sent and sent[code][name] > 0:  # the signal we sent (SIGTERM before
             sent[code][name] -= 1  # Python set its handler: a node that was starting)
+        elif code == 2 and refused[name] > 0:
+            refused[name] -= 1
         elif code not in (0, 75):
             crashes.append(f"{name} exited {code}")
     result["crashes"] = crashes
