@@ -112,9 +112,10 @@ class FsProducer:
 
     The content goes to a temporary file of this node's (``.ID.NODE.tmp``; consumers of
     the folder skip dot files), is flushed to disk, and is then published under its final
-    name with ``os.link``: the output appears whole or not at all and, unlike with
-    ``os.replace``, an existing output is never replaced. This needs a file system with
-    hard links (any local POSIX one, NTFS).
+    name with ``os.link``, right after one more ``cluster.is_master()`` (the flush takes
+    milliseconds, long enough for a pause to end mastership): the output appears whole or
+    not at all and, unlike with ``os.replace``, an existing output is never replaced. This
+    needs a file system with hard links (any local POSIX one, NTFS).
     """
 
     def __init__(self, folder: str, node: str) -> None:
@@ -133,6 +134,9 @@ class FsProducer:
             handle.flush()
             os.fsync(handle.fileno())
         trace("written", message.unique_id)
+        if not cluster.is_master():  # paused since the workflow's check: publish nothing
+            os.remove(temp)
+            raise cache.NotMasterError(f"{message.unique_id}: no longer the master")
         try:
             os.link(temp, final)
             published = True

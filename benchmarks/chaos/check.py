@@ -9,8 +9,9 @@ asks a node anything and never trusts a node's verdict about itself. All times a
 What it reports (:func:`check_run`):
 
 - **double masters**: two nodes acting as master at once. A node acts as master at epoch
-  E from its adapter's ``start`` to its last trace line at E (a paused master that never
-  acts again after it wakes stopped acting when it was paused). Overlaps are split into
+  E from its adapter's ``start`` to the last thing others can see it do at E (``VISIBLE``:
+  publish, record, remove; a paused master that does nothing more after it wakes stopped
+  acting when it was paused). Overlaps are split into
   the part inside a partition (from the fault to its heal plus the fencing window, one
   takeover window: the time two masters need to meet) and the part outside it; only the
   latter is a failure on multicast (which has no quorum by design); on etcd any overlap is.
@@ -51,19 +52,10 @@ from typing import Any
 
 HEADER = "X-Processed-By: "
 LEDGER = "chaos.ledger"
-WORK = {
-    "begin",
-    "written",
-    "linked",
-    "exists",
-    "recorded",
-    "delivered",
-    "removed",
-    "acked",
-    "skipped",
-    "inflight",
-    "failed",
-}
+# what others can see a master do: publish an output (or find it there), record a delivery
+# or an acknowledgement in the replicated cache, remove an input, move it to the error
+# folder, finish a predecessor's message; not its private steps (reading, its own temp file)
+VISIBLE = {"start", "linked", "exists", "recorded", "removed", "acked", "inflight", "failed"}
 PROMOTED = re.compile(r"^(\d+\.\d+) \w+ cluster Promoted to Master node \(epoch (\d+)")
 ROLE = re.compile(
     r"^(\d+\.\d+) \w+ cluster (?:Promoted to Master node \(epoch (\d+)|"
@@ -262,7 +254,7 @@ def check_run(folder: Path) -> dict[str, Any]:
     # -- who acted as master, and when
     acting: dict[tuple[str, int], list[float]] = {}
     for e in trace:
-        if e.event == "start" or e.event in WORK:
+        if e.event in VISIBLE:
             span = acting.setdefault((e.node, e.epoch), [e.t, e.t])
             span[0], span[1] = min(span[0], e.t), max(span[1], e.t)
     overlaps = []

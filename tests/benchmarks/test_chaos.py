@@ -86,7 +86,7 @@ def test_two_masters_outside_a_partition_fail_the_run_inside_one_they_are_counte
     (tmp_path / "a").mkdir()
     run = FakeRun(tmp_path / "a")
     run.trace.append("2.05 start n2 2 0 -")  # n2 acts while n1 still does: no partition
-    run.trace.append("2.15 begin n2 2 0 msg-000099.txt")
+    run.trace.append("2.15 linked n2 2 0 msg-000099.txt")
     verdict = run.write()
     assert verdict["double_masters_outside"] == 1
     assert "double masters outside partitions" in verdict["failures"]
@@ -94,7 +94,7 @@ def test_two_masters_outside_a_partition_fail_the_run_inside_one_they_are_counte
     (tmp_path / "b").mkdir()
     run = FakeRun(tmp_path / "b")
     run.events += ["1.9 fault isolate n1 master n1|n2,n3", "2.5 heal"]
-    run.trace += ["2.05 start n2 2 0 -", "2.15 begin n2 2 0 msg-000099.txt"]
+    run.trace += ["2.05 start n2 2 0 -", "2.15 linked n2 2 0 msg-000099.txt"]
     verdict = run.write()
     assert (verdict["double_masters_inside"], verdict["double_masters_outside"]) == (1, 0)
     assert verdict["double_master_max_s"] == pytest.approx(0.1, abs=1e-6)
@@ -103,7 +103,7 @@ def test_two_masters_outside_a_partition_fail_the_run_inside_one_they_are_counte
     (tmp_path / "c").mkdir()
     run = FakeRun(tmp_path / "c", backend="etcd")  # etcd has a quorum: no excuse
     run.events += ["1.9 fault isolate n1 master n1|n2,n3", "2.5 heal"]
-    run.trace += ["2.05 start n2 2 0 -", "2.15 begin n2 2 0 msg-000099.txt"]
+    run.trace += ["2.05 start n2 2 0 -", "2.15 linked n2 2 0 msg-000099.txt"]
     assert "double masters (etcd)" in run.write()["failures"]
 
 

@@ -165,3 +165,38 @@ def test_a_restart_after_kill_9_at_each_step_delivers_exactly_once(
     else:  # published before the kill: only its input is removed now
         assert "skipped" in redone and "linked" not in redone, redone
     assert journal_entries(tmp_path) == 0
+
+
+def test_the_producer_publishes_nothing_once_the_node_is_no_longer_master(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the fault campaign (python -m benchmarks.chaos, seed 1011): a master stopped
+    # by SIGSTOP between the workflow's is_master() check and the producer's write woke past
+    # its lease and wrote on. The producer checks again between the flush and the link.
+    import importlib.util
+
+    import cache
+    import cluster
+
+    spec = importlib.util.spec_from_file_location("fs_adapter_unit", ADAPTER)
+    assert spec is not None and spec.loader is not None
+    fs_adapter = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, fs_adapter)  # dataclasses look it up
+    spec.loader.exec_module(fs_adapter)
+
+    class SteppedDown:
+        hub = None
+        node_id = "n1"
+        epoch = 3
+
+        def is_master(self) -> bool:
+            return False
+
+    producer = fs_adapter.FsProducer(str(tmp_path), "n1")
+    cluster.install(SteppedDown())  # type: ignore[arg-type]
+    try:
+        with pytest.raises(cache.NotMasterError):
+            producer.produce(fs_adapter.AdaptrisMessage("m1", "PAYLOAD\n"))
+    finally:
+        cluster.install(None)
+    assert list(tmp_path.iterdir()) == []  # neither the output nor the temp file
