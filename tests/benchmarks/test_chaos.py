@@ -8,12 +8,14 @@ when it is interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -184,34 +186,34 @@ def _ours(pid: int) -> list[str]:
     return [n for n in namespaces() if n.startswith(f"{PREFIX}{pid}-")]
 
 
+@contextlib.contextmanager
+def campaign(*args: str) -> Iterator[subprocess.Popen]:
+    """``python -m benchmarks.chaos ARGS``, interrupted (it cleans up) if still running."""
+    command = [sys.executable, "-m", "benchmarks.chaos", *args]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+
+
 @pytest.mark.slow
 @needs_root
 def test_a_short_campaign_on_both_backends_finds_nothing_and_leaves_nothing(tmp_path):
     report = tmp_path / "verdicts.json"
-    command = [
-        sys.executable,
-        "-m",
-        "benchmarks.chaos",
-        "--runs",
-        "10",
-        "--seed",
-        "3",
-        "--backend",
-        "both",
-        "--json",
-        str(report),
-    ]
-    campaign = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        out, err = campaign.communicate(timeout=900)
-    finally:
-        if campaign.poll() is None:
-            campaign.send_signal(signal.SIGINT)  # it cleans up after itself
-            campaign.communicate(timeout=60)
+    args = ["--runs", "10", "--seed", "3", "--backend", "both", "--json", str(report)]
+    with campaign(*args) as process:
+        out, _ = process.communicate(timeout=900)
     verdicts = json.loads(report.read_text())
     failed = [(v["folder"], v["failures"]) for v in verdicts if v["failures"]]
-    assert campaign.returncode == 0 and not failed, f"{failed}\n{out}\n{err}"
+    assert process.returncode == 0 and not failed, f"{failed}\n{out}"
     assert len(verdicts) == 10
     assert {v["backend"] for v in verdicts} == {"multicast", "etcd"}
     faults = sum(sum(v["faults"].values()) for v in verdicts)
@@ -219,40 +221,22 @@ def test_a_short_campaign_on_both_backends_finds_nothing_and_leaves_nothing(tmp_
     assert faults == 40 and len(kinds) >= 4, (faults, kinds)
     assert sum(v["acked"] for v in verdicts) > 100  # the adapter worked between faults
     assert "double-master intervals" in out  # the figures were printed
-    assert _ours(campaign.pid) == [], namespaces()
+    assert _ours(process.pid) == [], namespaces()
 
 
 @pytest.mark.slow
 @needs_root
 def test_an_interrupted_campaign_removes_its_namespaces_and_processes(tmp_path):
     keep = tmp_path / "runs"
-    command = [
-        sys.executable,
-        "-m",
-        "benchmarks.chaos",
-        "--runs",
-        "5",
-        "--backend",
-        "etcd",
-        "--keep",
-        str(keep),
-    ]
-    campaign = subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
+    with campaign("--runs", "5", "--backend", "etcd", "--keep", str(keep)) as process:
         limit = time.monotonic() + 60
         while not list(keep.glob("*/n*.log")) and time.monotonic() < limit:
             time.sleep(0.2)
         time.sleep(2)  # the nodes and etcd run
-        assert _ours(campaign.pid), "the campaign made no namespaces"
-        campaign.send_signal(signal.SIGINT)
-        out, _ = campaign.communicate(timeout=60)
-    finally:
-        if campaign.poll() is None:
-            campaign.kill()
-            campaign.wait()
-    assert campaign.returncode == 130, out
-    assert _ours(campaign.pid) == []
+        assert _ours(process.pid), "the campaign made no namespaces"
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, out
+    assert _ours(process.pid) == []
     left = subprocess.run(["pgrep", "-f", str(keep)], capture_output=True, text=True)
     assert left.stdout == "", left.stdout

@@ -39,6 +39,25 @@ def in_workflow(event: str) -> bool:
     return event in ("begin", "written", "linked", "exists", "recorded")
 
 
+def frozen_until_replaced(c, first, marker: str | None = None):
+    """SIGSTOP the master ``first`` until another node took over and the inbox drained,
+    then let its pause point go (``marker``, if it waits at one) and SIGCONT it: it must
+    step down (exit 75). The new master's start and when the master was stopped."""
+    old = c.process(first.node)
+    old.popen.send_signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        new = c.wait_master(first.epoch)
+        c.wait_done()
+    finally:
+        if marker is not None:
+            os.remove(marker)  # the pause point lets go, and the process runs on from there
+        old.popen.send_signal(signal.SIGCONT)
+    assert old.wait() == EXIT_DEMOTED, c.describe()
+    assert new.node != first.node
+    return new, stopped_at
+
+
 def test_kill_9_of_the_master_in_the_middle_of_a_message(fs_cluster) -> None:
     c = fs_cluster("--delay-ms", "30")
     first = c.start_settled()
@@ -148,17 +167,8 @@ def test_a_paused_master_that_wakes_up_writes_nothing(fs_cluster) -> None:
         return mine[-1] if mine[-1].event == "begin" else None
 
     c.wait_until(mid_message)
-    old = c.process(first.node)
-    old.popen.send_signal(signal.SIGSTOP)
-    stopped_at = time.monotonic()
-    try:
-        new = c.wait_master(first.epoch)
-        c.wait_done()
-    finally:
-        old.popen.send_signal(signal.SIGCONT)
-    assert old.wait() == EXIT_DEMOTED, c.describe()
+    new, stopped_at = frozen_until_replaced(c, first)
     writers = c.check()
-    assert new.node != first.node
     late = [e for e in c.events() if e.node == first.node and e.t > stopped_at]
     assert not [e for e in late if e.event in ("written", "linked", "recorded")], late
     assert all(writers[name] in (first.node, new.node) for name in c.fed)
@@ -175,17 +185,7 @@ def test_a_master_frozen_between_two_steps_does_nothing_when_it_wakes(fs_cluster
     first = c.start_settled()
     c.feed(range(20))
     c.wait_event("paused", target)
-    old = c.process(first.node)
-    old.popen.send_signal(signal.SIGSTOP)
-    stopped_at = time.monotonic()
-    try:
-        new = c.wait_master(first.epoch)
-        c.wait_done()
-    finally:
-        os.remove(f"{c.trace}.paused-{step}-{target}")  # the pause point lets go...
-        old.popen.send_signal(signal.SIGCONT)  # ...and the process runs on from there
-    assert old.wait() == EXIT_DEMOTED, c.describe()
-    assert new.node != first.node
+    _, stopped_at = frozen_until_replaced(c, first, f"{c.trace}.paused-{step}-{target}")
     c.check()
     late = [e for e in c.events() if e.node == first.node and e.t > stopped_at]
     assert late == [], late
