@@ -5,7 +5,9 @@ Runs N seeded runs (:mod:`benchmarks.chaos.campaign`), judges each with
 intervals (inside / outside partitions, longest), acknowledged writes lost, files lost or
 delivered twice or half-written, epochs reused, nodes that never rejoined, and seconds of
 unavailability per fault kind. Run ``r`` has seed ``S * 1000 + r`` and 3 hosts, or 5 on
-every third run (so that 3/2 splits happen). ``--json FILE`` writes every run's verdict.
+every third run (so that 3/2 splits happen); ``--only RUN`` repeats the run of that seed
+alone (the same schedule of faults; what the nodes do in between is up to timing).
+``--json FILE`` writes every run's verdict.
 
 Needs root on Linux (network namespaces). Every namespace, link and process a run makes is
 removed when the run ends, fails or is interrupted (Ctrl-C, SIGTERM); leftovers of a
@@ -141,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].strip("`"))
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--only", type=int, metavar="RUN", help="only the run of this seed (as printed), again"
+    )
     parser.add_argument("--backend", choices=("multicast", "etcd", "both"), default="both")
     parser.add_argument("--faults", type=int, default=4, help="faults per run")
     parser.add_argument("--json", metavar="FILE", help="write every run's verdict here")
@@ -169,9 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = []
     started = time.monotonic()
     try:
-        for n, plan in enumerate(
-            plans(options.runs, options.seed, options.backend, options.faults)
-        ):
+        chosen = plans(options.runs, options.seed, options.backend, options.faults)
+        if options.only is not None:
+            r = options.only % 1000
+            chosen = plans(r + 1, options.only // 1000, options.backend, options.faults)[r:]
+            options.runs = 1
+        for n, plan in enumerate(chosen):
             folder = root / f"run-{plan.seed}-{plan.backend}"
             folder.mkdir()
             try:
