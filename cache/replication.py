@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cache.replica import Replica, ReplicaError, check_name
+from cache.store import check_key
 from cache.wire import (
     MAX_BATCH_OPS,
     Ack,
@@ -820,8 +821,10 @@ def _check_target(name: str, key: str) -> None:
         check_name(name)
     except ValueError as exc:
         raise WireError("invalid", str(exc)) from None
-    if key.startswith("\x00"):
-        raise WireError("invalid", f"reserved key {key!r} in cache {name!r}")
+    try:
+        check_key(key)  # the stores' own rule: str, not reserved
+    except (KeyError, TypeError) as exc:
+        raise WireError("invalid", f"cache {name!r}: {exc}") from None
 
 
 class _Applier:

@@ -107,6 +107,13 @@ class AddHeaderService:
         message.payload += f"{HEADER}: {self.node}\n"
 
 
+def still_master(message_id: str) -> None:
+    """Raise NotMasterError (the adapter stops; its successor finishes the message) unless
+    this node may still act as master."""
+    if not cluster.is_master():
+        raise cache.NotMasterError(f"{message_id}: no longer the master")
+
+
 class FsProducer:
     """Publishes each message as a file in a folder: whole, and at most once.
 
@@ -134,9 +141,11 @@ class FsProducer:
             handle.flush()
             os.fsync(handle.fileno())
         trace("written", message.unique_id)
-        if not cluster.is_master():  # paused since the workflow's check: publish nothing
-            os.remove(temp)
-            raise cache.NotMasterError(f"{message.unique_id}: no longer the master")
+        try:
+            still_master(message.unique_id)  # paused since the workflow's check?
+        except cache.NotMasterError:
+            os.remove(temp)  # then publish nothing
+            raise
         try:
             os.link(temp, final)
             published = True
@@ -225,8 +234,7 @@ class StandardWorkflow:
             service.do_service(message)  # type: ignore[attr-defined]
         if self.delay:
             time.sleep(self.delay)
-        if not cluster.is_master():  # e.g. this process was paused and a slave took over
-            raise cache.NotMasterError(f"{message_id}: no longer the master")
+        still_master(message_id)  # e.g. this process was paused and a slave took over
         self.producer.produce(message)
         self.journal.record(message_id)
         trace("recorded", message_id)
@@ -269,8 +277,7 @@ class Channel:
             if message is None:
                 return False
             self.workflow.on_message(message)
-            if not cluster.is_master():  # paused after the delivery: its successor removes
-                raise cache.NotMasterError(f"{message_id}: no longer the master")
+            still_master(message_id)  # paused after the delivery: its successor removes it
             trace("delivered", message_id)
             self.consumer.acknowledge(message)
             trace("removed", message_id)

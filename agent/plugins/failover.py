@@ -73,7 +73,7 @@ class FailoverPlugin(Plugin):
         store = self._store()
         if store is None:
             return
-        from cache import NotMasterError, inflight
+        from cache import inflight
 
         jp = event.joinpoint
         trace = _trace_context() if sys.modules.get("opentelemetry") is not None else None
@@ -86,10 +86,7 @@ class FailoverPlugin(Plugin):
             cluster.epoch(),
             trace,
         )
-        try:
-            store.set(record["message_id"], record)
-        except NotMasterError as exc:  # it stepped down since _store(): the workflow must
-            _stepped_down(exc)  # not write either, and cluster.is_master() tells it so
+        _unless_stepped_down(store.set, record["message_id"], record)
 
     def on_step(self, step: Step) -> None:
         if step.message_id is None:
@@ -99,18 +96,20 @@ class FailoverPlugin(Plugin):
             # not waited for: a master that dies before the slaves have the removal leaves
             # the record of a call that ended, and a record only ever says "was under way,
             # may have finished" (a master can die after the work, before this line)
-            from cache import NotMasterError
-
-            try:
-                store.delete(str(step.message_id), wait=False)
-            except NotMasterError as exc:
-                _stepped_down(exc)
+            _unless_stepped_down(store.delete, str(step.message_id), wait=False)
 
 
-def _stepped_down(exc: Exception) -> None:
-    """A record refused because this node is no longer the master: not a plugin failure
-    (that would isolate the plugin for good), the node's own stop under way."""
-    log.info("in-flight record not written: %s", exc)
+def _unless_stepped_down(write: Any, *args: Any, **kwargs: Any) -> None:
+    """``write(*args, **kwargs)``; refused because this node stepped down since
+    :meth:`FailoverPlugin._store` looked, it is the node's own stop under way (the
+    workflow finds out from ``cluster.is_master()``), not a plugin failure, which would
+    isolate the plugin for good."""
+    from cache import NotMasterError
+
+    try:
+        write(*args, **kwargs)
+    except NotMasterError as exc:
+        log.info("in-flight record not written: %s", exc)
 
 
 _propagator: Any = None
