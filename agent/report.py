@@ -4,8 +4,9 @@ This module owns reading a report file written by the ``timing`` plugin, checkin
 its shape, and rendering it: :func:`format_table` (also used by the plugin to log
 the table when there is no report file) and, with ``--chart OUT.png``, a bar chart
 through matplotlib when it is installed (it is not a dependency of twinweave). It
-does not compute statistics (``agent.plugins.timing`` does) and imports nothing
-from the agent, so it runs anywhere the JSON file is.
+does not compute statistics: ``agent.stats`` does, and gives the fields a
+component has and the totals of the header; of the agent it imports nothing else,
+so it runs anywhere the JSON file is.
 
 Usage::
 
@@ -28,9 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-TEXT_FIELDS = ("aspect", "type", "name")
-NS_FIELDS = ("total_ns", "min_ns", "mean_ns", "p50_ns", "p99_ns", "max_ns")
-COUNT_FIELDS = ("count", "failed")
+from agent.stats import COUNT_FIELDS, NS_FIELDS, TEXT_FIELDS, totals
 
 _SortKey = Callable[[dict[str, Any]], Any]
 SORT_KEYS: dict[str, _SortKey] = {
@@ -132,8 +131,7 @@ _COLUMNS: tuple[tuple[str, bool, Callable[[dict[str, Any]], str]], ...] = (
 def format_table(report: dict[str, Any], sort: str = "total") -> str:
     """The report as an aligned text table under a header line (no trailing newline)."""
     components = sorted_components(report, sort)
-    calls = sum(c["count"] for c in components)
-    failed = sum(c["failed"] for c in components)
+    calls, failed = totals(components)
     header = (
         f"twinweave timing report: python {report['python']}, backend {report['backend']}, "
         f"{len(components)} components, {calls:,} calls, {failed:,} failed"
@@ -325,9 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             return 0
         except BrokenPipeError:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            return 1
+            return _reader_gone()
     try:
         pyplot = _load_pyplot() if args.chart else None
         report = load_report(args.file)
@@ -339,11 +335,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"agent.report: {exc}\n")
         return 2
     except BrokenPipeError:
-        # The reader (e.g. `| head`) went away: stop quietly, without a traceback at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 1
+        return _reader_gone()
     return 0
+
+
+def _reader_gone() -> int:
+    """The reader of stdout (e.g. `| head`) went away: stop quietly, exit status 1.
+
+    stdout now points at the null device, so flushing it at exit raises no second
+    ``BrokenPipeError`` traceback.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 1
 
 
 if __name__ == "__main__":

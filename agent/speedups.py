@@ -1,8 +1,10 @@
 """The Python face of the C timing accelerator (``agent/_speedups.c``), and the fallback switch.
 
-Owns whether timing-mode probes run the C path, which clock it reads, and the
-conversion of its tick statistics into nanosecond :class:`TimingSummary` values.
-It does not decide which probes use it (``agent.plugins.PluginSet.probe_for``).
+Owns whether timing-mode probes run the C path, which clock it reads, and its
+calibration (nanoseconds per tick), and hands a drain the summary of either path:
+:func:`summary` from a C recorder, :func:`summarize` from raw durations. The
+formulas (buckets, the tick-to-ns mapping, summaries) are ``agent.stats``'s. It
+does not decide which probes use it (``agent.plugins.PluginSet.probe_for``).
 
 Why C: a woven call in timing mode must cost no more than a do-nothing closure
 decorator. In pure Python the two ``perf_counter_ns()`` calls alone cost that
@@ -29,9 +31,10 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
-from agent.stats import bucket_bounds, bucket_of
+from agent.stats import TimingSummary, scale_ticks
+from agent.stats import summarize as summarize  # the pure-Python path's summary, for the drain
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +54,6 @@ if _speedups is not None and not hasattr(_speedups, "ticks"):
         getattr(_speedups, "__file__", "agent._speedups"),
     )
     _speedups = None
-
-
-class TimingSummary(NamedTuple):
-    """What a join point's timing-mode calls came to since the last drain (ns)."""
-
-    ok: int
-    failed: int
-    ok_total_ns: int
-    failed_total_ns: int
-    min_ns: int
-    max_ns: int
-    buckets: list[tuple[int, int]]
-    """(bucket of :func:`agent.stats.bucket_of` in ns, number of calls), by bucket."""
 
 
 def _kernel_trusts_tsc() -> bool:
@@ -150,33 +140,7 @@ def ns_per_tick() -> float:
 
 def summary(rec: Any) -> TimingSummary | None:
     """Take a recorder's statistics (resetting them) in nanoseconds; None if no call."""
-    ok, failed, ok_ticks, failed_ticks, low, high, tick_buckets = rec.take()
-    if not ok and not failed:
+    taken = rec.take()
+    if not taken[0] and not taken[1]:  # no ok and no failed call: no calibration either
         return None
-    scale = ns_per_tick()
-    buckets: dict[int, int] = {}
-    for bucket, count in tick_buckets:
-        first, last = bucket_bounds(bucket)
-        key = bucket_of(round((first + last) / 2 * scale))
-        buckets[key] = buckets.get(key, 0) + count
-    return TimingSummary(
-        ok,
-        failed,
-        round(ok_ticks * scale),
-        round(failed_ticks * scale),
-        round(low * scale),
-        round(high * scale),
-        sorted(buckets.items()),
-    )
-
-
-def summarize(ok: list[int], failed: list[int]) -> TimingSummary:
-    """The summary of raw durations (for ``on_summary`` plugins on the Python path)."""
-    every = ok + failed
-    buckets: dict[int, int] = {}
-    for duration in every:
-        key = bucket_of(duration)
-        buckets[key] = buckets.get(key, 0) + 1
-    return TimingSummary(
-        len(ok), len(failed), sum(ok), sum(failed), min(every), max(every), sorted(buckets.items())
-    )
+    return scale_ticks(taken, ns_per_tick())

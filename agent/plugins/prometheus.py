@@ -21,7 +21,7 @@ Cost. The plugin only has the drain-time receivers (``on_summary`` and
 ``on_timings``), so woven functions stay in timing mode (in C where the
 accelerator is built): a call costs exactly what it costs under the ``timing``
 plugin alone. Statistics are folded in by the drain thread (about every 0.5 s)
-into the same :class:`~agent.plugins.timing.Components` the timing plugin keeps,
+into the same :class:`~agent.stats.Components` the timing plugin keeps,
 and a custom collector turns them into metrics when Prometheus scrapes, so the
 work is per scrape (the benchmark suite reports ms per scrape), not per call.
 
@@ -39,7 +39,7 @@ to the network unless asked; ``0.0.0.0`` for a remote Prometheus), ``port``
 free one, logged), ``buckets``. A port in use or a bad address is one clear error
 at start naming the plugin and the setting; the service runs without the endpoint.
 
-Not here: timing statistics themselves (``agent.plugins.timing``, ``agent.stats``),
+Not here: timing statistics themselves (``agent.stats``),
 the cluster's counters (``cluster.manager.Node.metrics``).
 """
 
@@ -55,9 +55,7 @@ from typing import Any
 from agent import __version__
 from agent.events import JoinPoint
 from agent.plugins import AgentContext, Plugin, PluginError, import_extra
-from agent.plugins.timing import Components
-from agent.speedups import TimingSummary
-from agent.stats import bucket_bounds
+from agent.stats import Components, TimingSummary, bucket_middle
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +132,7 @@ def cumulative_buckets(
 ) -> list[int]:
     """Calls at or below each bound of ``bounds_ns``, from a fine histogram (``agent.stats``).
 
-    The fine histogram may hold sampled weights (``agent.plugins.timing``) whose sum
+    The fine histogram may hold sampled weights (``agent.stats.sample``) whose sum
     is close to, not exactly, ``count``: they are scaled so that the buckets end at
     the exact count; the result is non-decreasing and never above ``count``.
     ``slots`` caches which bound each fine bucket falls under (pass the same dict for
@@ -146,8 +144,7 @@ def cumulative_buckets(
     for bucket, weight in counts.items():
         slot = slots.get(bucket)
         if slot is None:
-            first, last = bucket_bounds(bucket)
-            slot = slots[bucket] = bisect.bisect_left(bounds_ns, (first + last) // 2)
+            slot = slots[bucket] = bisect.bisect_left(bounds_ns, bucket_middle(bucket))
         per_bound[slot] += weight
     total = sum(per_bound)
     if total <= 0:
