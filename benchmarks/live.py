@@ -65,7 +65,6 @@ Each ``setup_<row>()`` builds one row and returns an ``overhead.Variant``;
 
 from __future__ import annotations
 
-import atexit
 import functools
 import importlib.util
 import json
@@ -86,7 +85,8 @@ from agent import speedups  # noqa: E402
 from agent.events import JoinPoint  # noqa: E402
 from agent.plugins.timing import TimingPlugin  # noqa: E402
 from benchmarks import overhead  # noqa: E402
-from benchmarks._pyperf import finish, run_rows  # noqa: E402
+from benchmarks._pyperf import bench_stats, finish, row_timer, run_rows  # noqa: E402
+from benchmarks._report import verdict  # noqa: E402
 from benchmarks.overhead import Variant  # noqa: E402
 
 MAX_VS_SDK_SPAN = 1.2
@@ -417,17 +417,14 @@ def loop_for(variant: Variant) -> Callable[..., float]:
     return loop
 
 
-_live: dict[str, tuple[Variant, Callable[..., float]]] = {}
+def _prepare(name: str) -> tuple[Variant, Callable[[int], float]]:
+    variant = SETUPS[name]()
+    loop = loop_for(variant)
+    return variant, lambda loops: overhead.run_variant(variant, loop, loops)
 
 
-def time_row(loops: int, name: str) -> float:
-    """pyperf's time function: set the row up on first use in this worker, then time it."""
-    if name not in _live:
-        variant = SETUPS[name]()
-        atexit.register(variant.close)
-        _live[name] = (variant, loop_for(variant))
-    variant, loop = _live[name]
-    return overhead.run_variant(variant, loop, loops)
+time_row = row_timer(_prepare)
+"""pyperf's time function: set the row up on first use in this worker, then time it."""
 
 
 # -- what each row really did, counted untimed ------------------------------------------------
@@ -619,10 +616,6 @@ def _unit(name: str) -> str:
     return "ms" if name in SCRAPE_ROWS else "ns"
 
 
-def _verdict(ok: bool) -> str:
-    return "holds" if ok else "FAILS"
-
-
 def format_summary(summary: dict[str, Any]) -> str:
     """The summary as a small text table."""
     rows = summary["rows"]
@@ -661,16 +654,16 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{ratio['definition']} = {ratio['value']:.2f} +- {ratio['sem']:.2f}; difference "
             f"{ratio['difference_ns']:+.1f} ns +- {ratio['difference_sem_ns']:.1f} (within "
             f"{summary['settings']['same_cost_sems']:g} sem): "
-            f"{_verdict(claim['prometheus_within_noise'])}",
+            f"{verdict(claim['prometheus_within_noise'])}",
             f"same per-call path as timing alone (steps mode {probe.get('steps_mode')}, timed in "
             f"C {probe.get('in_c')}; timing alone: {facts['timing_probe']}): "
-            f"{_verdict(claim['prometheus_same_probe'])}",
+            f"{verdict(claim['prometheus_same_probe'])}",
         ]
     if "otel_vs_sdk_span" in ratios:
         ratio = ratios["otel_vs_sdk_span"]
         out.append(
             f"{ratio['definition']} = {ratio['value']:.2f} +- {ratio['sem']:.2f} (claim <= "
-            f"{ratio['limit']:g}): {_verdict(claim['otel_vs_sdk_span'])}"
+            f"{ratio['limit']:g}): {verdict(claim['otel_vs_sdk_span'])}"
         )
     if "otel_vs_sdk_span_attributes" in ratios:
         ratio = ratios["otel_vs_sdk_span_attributes"]
@@ -694,9 +687,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     problems = work_problems(facts)
     out.append(
         "every row did what it is timed for: "
-        + (_verdict(True) if not problems else f"{_verdict(False)}: {'; '.join(problems)}")
+        + (verdict(True) if not problems else f"{verdict(False)}: {'; '.join(problems)}")
     )
-    out.append(f"claim on this Python: {_verdict(claim['holds'])}")
+    out.append(f"claim on this Python: {verdict(claim['holds'])}")
     return "\n".join(out)
 
 
@@ -714,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     if measured is None:
         return 0
     results, args = measured
-    rows = {name: overhead._stats(bench) for name, bench in results.items()}
+    rows = {name: bench_stats(bench, "ns", stdev=True) for name, bench in results.items()}
     return finish(summarize(rows, structure()), args, format_summary)
 
 

@@ -42,16 +42,11 @@ Each ``setup_<row>()`` builds one row and returns a :class:`Variant`;
 
 from __future__ import annotations
 
-import atexit
-import cProfile
-import functools
 import importlib.util
-import itertools
 import math
 import os
 import platform
 import sys
-import textwrap
 import time
 import types
 from dataclasses import dataclass, field
@@ -69,11 +64,18 @@ from agent.pointcuts import parse as parse_pointcuts  # noqa: E402
 from agent.runtime import Agent  # noqa: E402
 from agent.weaving.rewrite import probe_of, weave_code  # noqa: E402
 from benchmarks._pyperf import (  # noqa: E402
+    bench_stats,
+    cprofile,
     finish,
-    mean_sem,
-    noop_monitoring,
+    make_loop,
+    monitoring_noop,
+    nothing,
+    row_timer,
+    run_hooked,
     run_rows,
+    setprofile_noop,
 )
+from benchmarks._report import verdict  # noqa: E402
 
 INNER_LOOPS = 20
 """Calls per iteration of the timed loop (the loop is unrolled this many times)."""
@@ -139,33 +141,26 @@ def agent_for(function: str) -> Agent:
 CONTEXT = AgentContext(python=platform.python_version(), backend="bytecode", report=None)
 
 
-def _nothing() -> None:
-    """The end-of-value hook of rows that have nothing to do there."""
-
-
 @dataclass
 class Variant:
     """One row, ready to time: the timed loop calls ``fn`` ``INNER_LOOPS`` times per iteration.
 
-    ``before`` runs right before the timed window opens and ``after`` right after
-    it closes (the profiler rows switch their profiler on and off there, so it is
-    active around the timed loop and nowhere else); ``on_clock`` runs at the end
-    of each timed value *inside* the timed window (the twinweave rows drain there,
-    so every recorded duration is drained, and paid for, within the value that
-    recorded it); ``off_clock`` runs after the window. ``close`` ends the row (stops
-    its plugins). ``kind`` says what is called and how (see :data:`KINDS`); its
-    ``bare`` and ``closure_decorator`` rows are the row's baselines.
+    ``before``, ``after``, ``on_clock``, ``off_clock`` and ``close`` are the hooks of
+    :class:`benchmarks._pyperf.Hooked` (the twinweave rows drain on the clock, the
+    profiler rows switch their profiler around the window). ``kind`` says what is
+    called and how (see :data:`KINDS`); its ``bare`` and ``closure_decorator`` rows
+    are the row's baselines.
     """
 
     name: str
     fn: Any
     body: str = "fn(arg)"
     kind: str = "function"
-    before: Callable[[], Any] = _nothing
-    after: Callable[[], Any] = _nothing
-    on_clock: Callable[[], Any] = _nothing
-    off_clock: Callable[[], Any] = _nothing
-    close: Callable[[], Any] = _nothing
+    before: Callable[[], Any] = nothing
+    after: Callable[[], Any] = nothing
+    on_clock: Callable[[], Any] = nothing
+    off_clock: Callable[[], Any] = nothing
+    close: Callable[[], Any] = nothing
     plugin_set: PluginSet | None = None
     timing: TimingPlugin | None = None
     probe: Probe | None = None
@@ -463,33 +458,14 @@ def setup_wrapt_decorator() -> Variant:
     )
 
 
-def _noop_profile(frame: Any, event: str, arg: Any) -> None:
-    """A ``sys.setprofile`` function that does nothing."""
-
-
 def setup_setprofile_noop() -> Variant:
     """``f`` as compiled, with ``sys.setprofile(<no-op>)`` active around the timed loop."""
-    off = functools.partial(sys.setprofile, None)
-    return Variant(
-        "setprofile_noop",
-        load_target()["f"],
-        before=functools.partial(sys.setprofile, _noop_profile),
-        after=off,
-        close=off,
-    )
+    return Variant("setprofile_noop", load_target()["f"], **setprofile_noop()._asdict())
 
 
 def setup_cprofile() -> Variant:
     """``f`` as compiled, with a ``cProfile.Profile`` enabled around the timed loop."""
-    profiler = cProfile.Profile()
-    return Variant(
-        "cprofile",
-        load_target()["f"],
-        before=profiler.enable,
-        after=profiler.disable,
-        close=profiler.disable,
-        notes={"profiler": profiler},
-    )
+    return Variant("cprofile", load_target()["f"], **cprofile()._asdict())
 
 
 MONITORING_TOOL_NAME = "twinweave-bench-noop"
@@ -502,18 +478,10 @@ def setup_monitoring_noop() -> Variant:
     under a tool id no one else holds; the callbacks return ``None`` (not
     ``DISABLE``), so they run on every call.
     """
-    mon = sys.monitoring  # type: ignore[attr-defined]
-    both = mon.events.PY_START | mon.events.PY_RETURN
-    tool, release = noop_monitoring(MONITORING_TOOL_NAME)
     fn = load_target()["f"]
-    mon.set_local_events(tool, fn.__code__, both)
-
-    def close() -> None:
-        if mon.get_tool(tool) == MONITORING_TOOL_NAME:
-            mon.set_local_events(tool, fn.__code__, 0)
-            release()
-
-    return Variant("monitoring_noop", fn, close=close, notes={"tool_id": tool})
+    return Variant(
+        "monitoring_noop", fn, **monitoring_noop(MONITORING_TOOL_NAME, fn.__code__)._asdict()
+    )
 
 
 class EventCounter(Plugin):
@@ -791,65 +759,23 @@ DESCRIPTIONS = {
 
 # -- the timed loop --------------------------------------------------------------------------
 
-_LOOP_SOURCE = """\
-def timed_loop(loops, fn, arg, on_clock, off_clock, before, after):
-    it = _repeat(None, loops)
-    before()
-    t0 = _clock()
-    for _ in it:
-{body}
-    on_clock()
-    elapsed = _clock() - t0
-    after()
-    off_clock()
-    return elapsed
-"""
-
-
-def make_loop(body: str, inner: int = INNER_LOOPS) -> Callable[..., float]:
-    """A fresh timing loop (its own code object) running ``body`` ``inner`` times per iteration.
-
-    ``body`` may span several lines (the coroutine rows' ``try``/``except``).
-    """
-    lines = "\n".join(textwrap.indent(body, " " * 8) for _ in range(inner))
-    namespace: dict[str, Any] = {"_repeat": itertools.repeat, "_clock": time.perf_counter}
-    exec(compile(_LOOP_SOURCE.format(body=lines), f"<timed loop: {body}>", "exec"), namespace)
-    return namespace["timed_loop"]
-
 
 def run_variant(variant: Variant, loop: Callable[..., float], loops: int) -> float:
-    """Time ``loops`` iterations of ``loop`` on ``variant``; seconds."""
-    return loop(
-        loops, variant.fn, ARG, variant.on_clock, variant.off_clock, variant.before, variant.after
-    )
+    """Time ``loops`` iterations of ``loop`` (from ``make_loop``) on ``variant``; seconds."""
+    return run_hooked(loop, loops, variant.fn, ARG, variant)
 
 
-_live: dict[str, tuple[Variant, Callable[..., float]]] = {}
+def _prepare(name: str) -> tuple[Variant, Callable[[int], float]]:
+    variant = SETUPS[name]()
+    loop = make_loop(variant.body, INNER_LOOPS)
+    return variant, lambda loops: run_variant(variant, loop, loops)
 
 
-def time_row(loops: int, name: str) -> float:
-    """pyperf's time function: set the row up on first use in this worker, then time it."""
-    live = _live.get(name)
-    if live is None:
-        variant = SETUPS[name]()
-        live = _live[name] = (variant, make_loop(variant.body))
-        atexit.register(variant.close)
-    variant, loop = live
-    return run_variant(variant, loop, loops)
+time_row = row_timer(_prepare)
+"""pyperf's time function: set the row up on first use in this worker, then time it."""
 
 
 # -- the summary -----------------------------------------------------------------------------
-
-
-def _stats(bench: Any) -> dict[str, Any]:
-    mean, sem, count = mean_sem(bench)
-    stdev = bench.stdev() if count > 1 else 0.0
-    return {
-        "mean_ns": mean * 1e9,
-        "stdev_ns": stdev * 1e9,
-        "sem_ns": sem * 1e9,
-        "values": count,
-    }
 
 
 def _difference(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
@@ -962,10 +888,6 @@ def summarize(rows: dict[str, dict[str, Any]], unmatched_notes: dict[str, Any]) 
     return summary
 
 
-def _verdict(ok: bool) -> str:
-    return "holds" if ok else "FAILS"
-
-
 def _row_order(names: Any) -> list[str]:
     """``names`` in table order: every known row in :data:`ALL_SETUPS` order, then the rest."""
     names = list(names)
@@ -1048,7 +970,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             text = f"added({row}) / {against}"
             out.append(
                 f"{text:<52} = {ratio['value']:5.2f} +- {ratio['sem']:.2f}"
-                f"  (claim <= {ratio['limit']:g}): {_verdict(claim[key])}"
+                f"  (claim <= {ratio['limit']:g}): {verdict(claim[key])}"
             )
     unmatched = summary["unmatched"]
     ratio = ratios["unmatched_vs_bare"]
@@ -1056,8 +978,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{'twinweave_unmatched / bare':<52} = {ratio['value']:5.3f} +- {ratio['sem']:.3f}"
         f"  (same code object as compiled: {unmatched.get('same_code_object')}, "
         f"module was woven: {unmatched.get('module_was_woven')}): "
-        f"{_verdict(claim['unmatched_same_code'])}",
-        f"claim on this Python: {_verdict(claim['holds'])}",
+        f"{verdict(claim['unmatched_same_code'])}",
+        f"claim on this Python: {verdict(claim['holds'])}",
     ]
     if choice is not None:
         out.append(
@@ -1098,7 +1020,7 @@ def main(argv: list[str] | None = None) -> int:
     if measured is None:
         return 0
     results, args = measured
-    rows = {name: _stats(bench) for name, bench in results.items()}
+    rows = {name: bench_stats(bench, "ns", stdev=True) for name, bench in results.items()}
     return finish(summarize(rows, unmatched_notes()), args, format_summary)
 
 

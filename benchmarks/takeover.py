@@ -81,6 +81,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:  # run as a script: benchmarks/ is on the path, not the project
     sys.path.insert(0, _REPO)
 from benchmarks import procstat  # noqa: E402
+from benchmarks._report import verdict  # noqa: E402
 
 ADAPTER = os.path.join(_REPO, "benchmarks", "takeover_adapter.py")
 NODE_START_TIMEOUT_S = 30.0  # a join window at the default delay is 5 s: room for a slow host
@@ -412,10 +413,6 @@ def _ms(value: float | None) -> str:
     return "inf" if math.isinf(value) else f"{value * 1000:.1f}"
 
 
-def _verdict(ok: bool) -> str:
-    return "holds" if ok else "FAILS"
-
-
 def report(results: dict[str, Any]) -> str:
     s = results["settings"]
     out = [
@@ -447,7 +444,7 @@ def report(results: dict[str, Any]) -> str:
             measured = f"p99 {_ms(f['p99_s'])} ms"
             if f.get("median_bound_s") is not None:
                 measured = f"median {_ms(f['median_s'])} ms, {measured}"
-            out.append(f"{name}: {f['bound']}: {measured}{extra}: {_verdict(f['holds'])}")
+            out.append(f"{name}: {f['bound']}: {measured}{extra}: {verdict(f['holds'])}")
     cpu = results.get("cpu")
     if cpu is not None:
         if "error" in cpu:
@@ -457,7 +454,7 @@ def report(results: dict[str, Any]) -> str:
             out.append(
                 f"heartbeat CPU at delay 1000 ms, retries 5, over {cpu['wall_s']:.1f} s: "
                 f"master {pct['master']:.3f} %, slave {pct['slave']:.3f} % of one core "
-                f"(target < {cpu['target_percent']:g} % per node): {_verdict(cpu['holds'])}"
+                f"(target < {cpu['target_percent']:g} % per node): {verdict(cpu['holds'])}"
             )
             if cpu.get("etcd_requests_per_node_s") is not None:
                 out.append(

@@ -129,7 +129,7 @@ from agent.runtime import Agent  # noqa: E402
 from agent.weaving.codecache import CodeCache  # noqa: E402
 from agent.weaving.rewrite import probe_of  # noqa: E402
 from benchmarks import weaving_child as child  # noqa: E402
-from benchmarks._pyperf import add_options, expand_quick, finish, mean_sem  # noqa: E402
+from benchmarks._pyperf import add_options, bench_stats, expand_quick, finish  # noqa: E402
 
 IMPORTS = (
     "unittest",
@@ -561,11 +561,6 @@ def time_warm(loops: int) -> float:
 # -- the summary -----------------------------------------------------------------------------
 
 
-def _stats(bench: Any) -> dict[str, float]:
-    mean, sem, count = mean_sem(bench)
-    return {"mean": mean, "sem": sem, "values": count}
-
-
 def _row(
     name: str,
     value: float,
@@ -831,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.worker or any(bench is None for bench in results.values()):
             return 0  # a worker, or a pyperf mode that measured nothing here
-        summary = summarize({name: _stats(b) for name, b in results.items()}, spec)
+        summary = summarize({name: bench_stats(b) for name, b in results.items()}, spec)
         return finish(summary, args, format_summary)
     finally:
         if workdir is not None:

@@ -48,16 +48,12 @@ Each ``setup_<row>()`` builds one row and returns a :class:`Variant`;
 
 from __future__ import annotations
 
-import atexit
-import cProfile
-import functools
 import importlib.machinery
 import importlib.util
 import math
 import os
 import platform
 import sys
-import time
 import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -74,11 +70,19 @@ from agent.pointcuts import load as load_pointcuts  # noqa: E402
 from agent.runtime import Agent  # noqa: E402
 from agent.weaving.rewrite import is_join_point, probe_of  # noqa: E402
 from benchmarks._pyperf import (  # noqa: E402
+    Instrument,
+    bench_stats,
+    cprofile,
     finish,
-    mean_sem,
-    noop_monitoring,
+    make_loop,
+    monitoring_noop,
+    nothing,
+    row_timer,
+    run_hooked,
     run_rows,
+    setprofile_noop,
 )
+from benchmarks._report import verdict  # noqa: E402
 
 SERVICE_MODULE = "workload_service"
 """The name the workload module is loaded (and matched by the pointcut files) under."""
@@ -111,33 +115,26 @@ depend on timing at all.
 CONTEXT = AgentContext(python=platform.python_version(), backend="bytecode", report=None)
 
 
-def _nothing() -> None:
-    """The hook of rows that have nothing to do there."""
-
-
 @dataclass
 class Variant:
     """One row, ready to time: the timed loop runs ``adapter.process(payloads)`` per iteration.
 
-    ``before`` runs right before the timed window opens and ``after`` right after
-    it closes (the profiler rows switch their profiler on and off there);
-    ``on_clock`` runs at the end of each value *inside* the timed window (the agent
-    rows drain there, so every duration recorded during a value is drained and paid
-    for within it); ``off_clock`` runs after the window; ``close`` ends the row.
-    ``module`` is the row's own copy of the workload module, ``adapter`` the
-    adapter it built (fresh for the row, so its producer's digest and counts
-    describe what the row processed).
+    ``before``, ``after``, ``on_clock``, ``off_clock`` and ``close`` are the hooks of
+    :class:`benchmarks._pyperf.Hooked` (the agent rows drain on the clock, the
+    profiler rows switch their profiler around the window). ``module`` is the row's
+    own copy of the workload module, ``adapter`` the adapter it built (fresh for the
+    row, so its producer's digest and counts describe what the row processed).
     """
 
     name: str
     module: types.ModuleType
     adapter: Any
     payloads: list[str]
-    before: Callable[[], Any] = _nothing
-    after: Callable[[], Any] = _nothing
-    on_clock: Callable[[], Any] = _nothing
-    off_clock: Callable[[], Any] = _nothing
-    close: Callable[[], Any] = _nothing
+    before: Callable[[], Any] = nothing
+    after: Callable[[], Any] = nothing
+    on_clock: Callable[[], Any] = nothing
+    off_clock: Callable[[], Any] = nothing
+    close: Callable[[], Any] = nothing
     agent: Agent | None = None
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -338,39 +335,20 @@ def setup_agent_all_matched() -> Variant:
     return _agent_row("agent_all_matched", ALL_POINTCUTS)
 
 
-def _noop_profile(frame: Any, event: str, arg: Any) -> None:
-    """A ``sys.setprofile`` function that does nothing."""
+def _bare_under(name: str, instrument: Instrument) -> Variant:
+    """The bare adapter, run under a profiler ``instrument`` of :mod:`benchmarks._pyperf`."""
+    module = load_service().module
+    return Variant(name, module, module.Adapter(), payloads(), **instrument._asdict())
 
 
 def setup_setprofile_noop() -> Variant:
     """The bare adapter, ``sys.setprofile(<no-op>)`` on around the timed window only."""
-    module = load_service().module
-    off = functools.partial(sys.setprofile, None)
-    return Variant(
-        "setprofile_noop",
-        module,
-        module.Adapter(),
-        payloads(),
-        before=functools.partial(sys.setprofile, _noop_profile),
-        after=off,
-        close=off,
-    )
+    return _bare_under("setprofile_noop", setprofile_noop())
 
 
 def setup_cprofile() -> Variant:
     """The bare adapter, a ``cProfile.Profile`` enabled around the timed window only."""
-    module = load_service().module
-    profiler = cProfile.Profile()
-    return Variant(
-        "cprofile",
-        module,
-        module.Adapter(),
-        payloads(),
-        before=profiler.enable,
-        after=profiler.disable,
-        close=profiler.disable,
-        notes={"profiler": profiler},
-    )
+    return _bare_under("cprofile", cprofile())
 
 
 MONITORING_TOOL_NAME = "twinweave-workload-noop"
@@ -383,27 +361,7 @@ def setup_monitoring_noop() -> Variant:
     free tool id, switched on right before the timed window and off right after
     it; the callbacks return ``None`` (not ``DISABLE``), so they fire on every call.
     """
-    mon = sys.monitoring  # type: ignore[attr-defined]
-    tool, release = noop_monitoring(MONITORING_TOOL_NAME)
-    on = functools.partial(mon.set_events, tool, mon.events.PY_START | mon.events.PY_RETURN)
-    off = functools.partial(mon.set_events, tool, 0)
-
-    def close() -> None:
-        if mon.get_tool(tool) == MONITORING_TOOL_NAME:
-            off()
-            release()
-
-    module = load_service().module
-    return Variant(
-        "monitoring_noop",
-        module,
-        module.Adapter(),
-        payloads(),
-        before=on,
-        after=off,
-        close=close,
-        notes={"tool_id": tool},
-    )
+    return _bare_under("monitoring_noop", monitoring_noop(MONITORING_TOOL_NAME))
 
 
 def missing_rows() -> dict[str, str]:
@@ -447,60 +405,26 @@ DESCRIPTIONS = {
 # -- the timed loop ------------------------------------------------------------------------------
 
 
-def timed_loop(
-    loops: int,
-    process: Callable[[list[str]], Any],
-    batch: list[str],
-    on_clock: Callable[[], Any],
-    off_clock: Callable[[], Any],
-    before: Callable[[], Any],
-    after: Callable[[], Any],
-) -> float:
-    """Seconds for ``loops`` calls of ``process(batch)``, the hooks where :class:`Variant` says."""
-    it = range(loops)
-    clock = time.perf_counter
-    before()
-    t0 = clock()
-    for _ in it:
-        process(batch)
-    on_clock()
-    elapsed = clock() - t0
-    after()
-    off_clock()
-    return elapsed
+_LOOP = make_loop("fn(arg)", 1)
+"""The timed loop: ``process(batch)`` once per iteration (a batch is already long)."""
 
 
 def run_variant(variant: Variant, loops: int, process: Callable[..., Any] | None = None) -> float:
     """Time ``loops`` batches of ``variant`` (``process`` replaces the adapter's, for tests)."""
-    return timed_loop(
-        loops,
-        variant.adapter.process if process is None else process,
-        variant.payloads,
-        variant.on_clock,
-        variant.off_clock,
-        variant.before,
-        variant.after,
-    )
+    process = variant.adapter.process if process is None else process
+    return run_hooked(_LOOP, loops, process, variant.payloads, variant)
 
 
-_live: dict[str, Variant] = {}
+def _prepare(name: str) -> tuple[Variant, Callable[[int], float]]:
+    variant = SETUPS[name]()
+    return variant, lambda loops: run_variant(variant, loops)
 
 
-def time_row(loops: int, name: str) -> float:
-    """pyperf's time function: set the row up on first use in this worker, then time it."""
-    variant = _live.get(name)
-    if variant is None:
-        variant = _live[name] = SETUPS[name]()
-        atexit.register(variant.close)
-    return run_variant(variant, loops)
+time_row = row_timer(_prepare)
+"""pyperf's time function: set the row up on first use in this worker, then time it."""
 
 
 # -- the summary -----------------------------------------------------------------------------------
-
-
-def _stats(bench: Any) -> dict[str, Any]:
-    mean, sem, count = mean_sem(bench)
-    return {"mean_us": mean * 1e6, "sem_us": sem * 1e6, "values": count}
 
 
 def count_calls(variant: Variant) -> float:
@@ -677,10 +601,6 @@ def summarize(rows: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict[st
     }
 
 
-def _verdict(ok: bool) -> str:
-    return "holds" if ok else "FAILS"
-
-
 def _count(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
@@ -727,9 +647,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         "",
     ]
     for claim in summary["claims"]:
-        out.append(f"{claim['text']}: {_verdict(claim['holds'])}")
+        out.append(f"{claim['text']}: {verdict(claim['holds'])}")
     holds = all(claim["holds"] for claim in summary["claims"])
-    out.append(f"claim on this Python: {_verdict(holds)}")
+    out.append(f"claim on this Python: {verdict(holds)}")
     return "\n".join(out)
 
 
@@ -750,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     if measured is None:
         return 0
     results, args = measured
-    rows = {name: _stats(bench) for name, bench in results.items()}
+    rows = {name: bench_stats(bench, "us") for name, bench in results.items()}
     return finish(summarize(rows, structure()), args, format_summary)
 
 

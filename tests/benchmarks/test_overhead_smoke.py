@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import overhead
+from benchmarks import _pyperf, overhead
 from tests.benchmarks.scripts import run_quickest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "overhead.py"
@@ -191,7 +191,7 @@ def test_profiler_rows_are_on_only_around_the_timed_loop() -> None:
         loop = overhead.make_loop("fn(arg); seen(_getprofile())", inner=1)
         loop.__globals__.update(_getprofile=sys.getprofile, seen=seen.append)
         overhead.run_variant(variant, loop, 2)
-        assert seen == [overhead._noop_profile] * 2
+        assert seen == [_pyperf.noop_profile] * 2
         assert sys.getprofile() is None
     finally:
         variant.close()

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import workload
+from benchmarks import _pyperf, workload
 from tests.benchmarks.scripts import run_quickest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "workload.py"
@@ -197,7 +197,7 @@ def test_profilers_are_on_only_around_the_timed_window() -> None:
             variant.adapter.process(batch[:3])
 
         workload.run_variant(variant, LOOPS, spy)
-        assert seen == [workload._noop_profile] * LOOPS
+        assert seen == [_pyperf.noop_profile] * LOOPS
         assert sys.getprofile() is None
     finally:
         variant.close()
