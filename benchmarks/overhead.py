@@ -360,24 +360,7 @@ def setup_twinweave_timing_hook() -> Variant:
     has no function version, so the interpreter never specializes calls to it
     (python/cpython#117045), and every call takes the generic path.
     """
-    agent = agent_for("f")
-    agent.plugins.start(CONTEXT)
-    namespace = load_target(
-        agent.weave_module(compile(TARGET_SOURCE, TARGET_FILE, "exec"), [TARGET_MODULE])
-    )
-    fn = namespace["f"]
-    probe = probe_of(fn.__code__)
-    assert probe is not None and not probe.steps_mode
-    (timing,) = agent.plugins.plugins
-    return Variant(
-        "twinweave_timing_hook",
-        fn,
-        on_clock=agent.plugins.drain,
-        close=agent.stop,
-        plugin_set=agent.plugins,
-        timing=timing,
-        probe=probe,
-    )
+    return _hook_woven_row("twinweave_timing_hook", "function", "f")
 
 
 def setup_twinweave_steps() -> Variant:
@@ -613,10 +596,9 @@ def setup_coroutine_closure_decorator() -> Variant:
 def _hook_woven_row(name: str, kind: str, qualname: str) -> Variant:
     """``qualname`` of the target module woven by the import hook's call, timing plugin on.
 
-    As ``twinweave_timing_hook``: a real agent whose pointcut matches ``qualname``,
-    its plugin set started (drain thread running), the module's code woven by
-    ``Agent.weave_module`` and run, so the function is made by ``MAKE_FUNCTION``;
-    every value ends with a drain on the clock.
+    A real agent whose pointcut matches ``qualname``, its plugin set started (drain
+    thread running), the module's code woven by ``Agent.weave_module`` and run, so the
+    function is made by ``MAKE_FUNCTION``; every value ends with a drain on the clock.
     """
     agent = agent_for(qualname)
     agent.plugins.start(CONTEXT)
@@ -804,13 +786,12 @@ def _is_bare(name: str) -> bool:
     return name in {kind["bare"] for kind in KINDS.values()}
 
 
-def summarize(rows: dict[str, dict[str, Any]], unmatched_notes: dict[str, Any]) -> dict[str, Any]:
-    """Added costs and the claim's ratios from pyperf means of one run (``rows``: name -> stats).
+def _figures(rows: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every row against the ``bare`` and ``closure_decorator`` rows of its kind.
 
-    Every row is compared with the ``bare`` and ``closure_decorator`` rows of its
-    kind (plain function, method, generator, coroutine; see :data:`KINDS`).
+    Returns the added cost of each non-bare row (``row - bare``) and, by row, its
+    ratios to the two baselines (``x_bare``, ``x_decorator``, ``added_vs_decorator_added``).
     """
-    bare = rows["bare"]
     added: dict[str, Any] = {}
     vs_baselines: dict[str, Any] = {}
     for name, stats in rows.items():
@@ -826,7 +807,16 @@ def summarize(rows: dict[str, dict[str, Any]], unmatched_notes: dict[str, Any]) 
                 deco_added = _difference(kind_deco, kind_bare)
                 entry["added_vs_decorator_added"] = _ratio(added[name], deco_added)["value"]
         vs_baselines[name] = entry
-    floor = _difference(rows["perf_counter_ns_x2"], rows["empty_loop"])
+    return added, vs_baselines
+
+
+def _claims(
+    rows: dict[str, dict[str, Any]],
+    added: dict[str, Any],
+    floor: dict[str, float],
+    unmatched_notes: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, bool]]:
+    """The claim's ratios (with their definitions and limits) and whether each part holds."""
     ratios: dict[str, Any] = {}
     claim: dict[str, bool] = {}
     for row in CLAIM_ROWS:
@@ -844,7 +834,7 @@ def summarize(rows: dict[str, dict[str, Any]], unmatched_notes: dict[str, Any]) 
         )
         claim[f"{row}_vs_decorator"] = vs_decorator["value"] <= MAX_VS_DECORATOR
         claim[f"{row}_vs_clock_floor"] = vs_floor["value"] <= MAX_VS_CLOCK_FLOOR
-    unmatched = rows["twinweave_unmatched"]
+    unmatched, bare = rows["twinweave_unmatched"], rows["bare"]
     ratios["unmatched_vs_bare"] = dict(
         _ratio(
             {"ns": unmatched["mean_ns"], "sem_ns": unmatched["sem_ns"]},
@@ -854,6 +844,18 @@ def summarize(rows: dict[str, dict[str, Any]], unmatched_notes: dict[str, Any]) 
     )
     claim["unmatched_same_code"] = bool(unmatched_notes.get("same_code_object"))
     claim["holds"] = all(claim.values())
+    return ratios, claim
+
+
+def summarize(rows: dict[str, dict[str, Any]], unmatched_notes: dict[str, Any]) -> dict[str, Any]:
+    """Added costs and the claim's ratios from pyperf means of one run (``rows``: name -> stats).
+
+    Every row is compared with the ``bare`` and ``closure_decorator`` rows of its
+    kind (plain function, method, generator, coroutine; see :data:`KINDS`).
+    """
+    added, vs_baselines = _figures(rows)
+    floor = _difference(rows["perf_counter_ns_x2"], rows["empty_loop"])
+    ratios, claim = _claims(rows, added, floor, unmatched_notes)
     summary: dict[str, Any] = {
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
@@ -895,19 +897,22 @@ def _row_order(names: Any) -> list[str]:
     return known + [name for name in names if name not in ALL_SETUPS]
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """The summary as a small text table."""
-    rows = summary["rows"]
-    bare = rows["bare"]["mean_ns"]
-    added = summary["added_vs_bare"]
-    vs = summary.get("vs_baselines", {})
-    ratios = summary["ratios"]
-    claim = summary["claim"]
-    choice = summary.get("backend_choice")
+def _missing(summary: dict[str, Any]) -> dict[str, str]:
+    """Row -> why it is missing, from the summary's ``name: missing: reason`` lines."""
     missing = {}
     for line in summary.get("missing", []):
         name, _, reason = line.partition(": ")
         missing[name] = reason[len("missing: ") :] if reason.startswith("missing: ") else reason
+    return missing
+
+
+def _table_lines(summary: dict[str, Any]) -> list[str]:
+    """The heading and one line per row (or its ``missing:`` line), by kind."""
+    rows = summary["rows"]
+    bare = rows["bare"]["mean_ns"]
+    added = summary["added_vs_bare"]
+    vs = summary.get("vs_baselines", {})
+    missing = _missing(summary)
     out: list[str] = [
         f"twinweave call overhead, {summary['implementation']} {summary['python']}: pyperf mean "
         f"(ns per call, +- sem), {summary['inner_loops']} calls per loop iteration; "
@@ -942,6 +947,12 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{name:<28} {stats['mean_ns']:>9.1f} {stats['sem_ns']:>7.1f} "
             f"{x_bare:>7.2f} {x_deco} {extra} {deco}  {stats['description']}"
         )
+    return out
+
+
+def _figure_lines(summary: dict[str, Any]) -> list[str]:
+    """The added costs the claim is made of, each with its definition."""
+    added = summary["added_vs_bare"]
     figures = [
         (f"added({name})", f"{name} - bare", added[name])
         for name in (*CLAIM_ROWS, "closure_decorator")
@@ -952,12 +963,17 @@ def format_summary(summary: dict[str, Any]) -> str:
         figures.append(
             ("added(python path)", "twinweave_timing_python - bare", summary["python_path_added"])
         )
-    out.append("")
-    for label, definition, figure in figures:
-        out.append(
-            f"{label:<29} = {definition:<34} = {figure['ns']:7.1f} ns +- {figure['sem_ns']:.1f}"
-        )
-    out.append("")
+    return [
+        f"{label:<29} = {definition:<34} = {figure['ns']:7.1f} ns +- {figure['sem_ns']:.1f}"
+        for label, definition, figure in figures
+    ]
+
+
+def _claim_lines(summary: dict[str, Any]) -> list[str]:
+    """Each ratio of the claim with its limit and verdict, the unmatched check, the backend."""
+    ratios = summary["ratios"]
+    claim = summary["claim"]
+    out: list[str] = []
     for row in CLAIM_ROWS:
         for kind_name, against in (
             ("decorator", "added(decorator)"),
@@ -981,12 +997,20 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{verdict(claim['unmatched_same_code'])}",
         f"claim on this Python: {verdict(claim['holds'])}",
     ]
+    choice = summary.get("backend_choice")
     if choice is not None:
         out.append(
             f"--backend auto: bytecode {choice['bytecode_ns']:.1f} ns vs monitoring "
             f"{choice['monitoring_ns']:.1f} ns per call: {choice['faster']} is faster"
         )
-    return "\n".join(out)
+    return out
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as a small text table: the rows, the figures, the claim."""
+    return "\n".join(
+        [*_table_lines(summary), "", *_figure_lines(summary), "", *_claim_lines(summary)]
+    )
 
 
 def unmatched_notes() -> dict[str, Any]:
