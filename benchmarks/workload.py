@@ -488,8 +488,8 @@ def _row(
     }
 
 
-def summarize(rows: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict[str, Any]:
-    """Rows, ratios and the claims from pyperf means of one run (``rows``: name -> stats)."""
+def _timed_rows(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per measured row, in table order: us per message, its ratio to ``bare``."""
     bare = rows["bare"]
     out_rows: list[dict[str, Any]] = []
     for name in ALL_SETUPS:
@@ -506,66 +506,60 @@ def summarize(rows: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict[st
         added = stats["mean_us"] - bare["mean_us"]
         note = f"{DESCRIPTIONS[name]}; {noise}; {added:+.2f} us per message"
         out_rows.append(_row(name, stats["mean_us"], "us", "bare", ratio, note))
+    return out_rows
+
+
+def _fact_rows(facts: dict[str, Any]) -> list[dict[str, Any]]:
+    """The counted (untimed) rows: calls per message, what was woven and timed."""
     few = facts["agent_few_matched"]
     every = facts["agent_all_matched"]
-    out_rows += [
-        _row(
+    counted = [
+        (
             "python_calls_per_message",
             facts["python_calls_per_message"],
-            "count",
-            None,
-            None,
             "Python function calls and generator resumptions per message of the bare "
             "adapter (counted once with a profile function, untimed)",
         ),
-        _row(
+        (
             "few_matched_woven_functions",
             len(few["woven"]),
-            "count",
-            None,
-            None,
             f"of {few['functions']} functions in the module: {', '.join(few['woven'])}",
         ),
-        _row(
+        (
             "few_matched_timed_calls_per_message",
             few["timed_calls_per_message"],
-            "count",
-            None,
-            None,
             "calls the timing plugin recorded per message in agent_few_matched",
         ),
-        _row(
+        (
             "few_matched_unmatched_same_code",
             few["unmatched_same_code"],
-            "count",
-            None,
-            None,
             f"of {few['unmatched']} unmatched functions run the compiler's own code object; "
             f"{few['live_as_expected']} of {few['live_functions']} functions reachable from "
             "the module run the code expected (woven if matched, else the compiled object)",
         ),
-        _row(
+        (
             "all_matched_woven_functions",
             len(every["woven"]),
-            "count",
-            None,
-            None,
             f"of {every['functions']} functions in the module",
         ),
-        _row(
+        (
             "all_matched_timed_calls_per_message",
             every["timed_calls_per_message"],
-            "count",
-            None,
-            None,
             "calls the timing plugin recorded per message in agent_all_matched",
         ),
     ]
-    ratio = rows["agent_few_matched"]["mean_us"] / bare["mean_us"]
+    return [_row(name, value, "count", None, None, note) for name, value, note in counted]
+
+
+def _claims(rows: dict[str, dict[str, Any]], facts: dict[str, Any]) -> list[dict[str, Any]]:
+    """The three claims (full speed, compiled code kept, same output), each with its verdict."""
+    few = facts["agent_few_matched"]
+    every = facts["agent_all_matched"]
+    ratio = rows["agent_few_matched"]["mean_us"] / rows["bare"]["mean_us"]
     speed_ok = ratio <= FULL_SPEED_BOUND
     same_ok = bool(few["same_code_object"]) and few["unmatched"] > 0
     output_ok = bool(few["same_output"] and every["same_output"])
-    claims = [
+    return [
         {
             "text": f"with a few functions matched ({len(few['woven'])} of {few['functions']} "
             f"woven), the workload runs at full speed: agent_few_matched / bare <= "
@@ -584,6 +578,10 @@ def summarize(rows: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict[st
             "holds": output_ok,
         },
     ]
+
+
+def summarize(rows: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict[str, Any]:
+    """Rows, ratios and the claims from pyperf means of one run (``rows``: name -> stats)."""
     return {
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
@@ -593,10 +591,13 @@ def summarize(rows: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict[st
         "seed": SEED,
         "bound": FULL_SPEED_BOUND,
         "timing_path": speedups.CLOCK if speedups.available() else "python",
-        "rows": out_rows,
+        "rows": _timed_rows(rows) + _fact_rows(facts),
         "missing": [{"name": name, "reason": reason} for name, reason in MISSING.items()],
-        "claims": claims,
-        "weaving": {"agent_few_matched": few, "agent_all_matched": every},
+        "claims": _claims(rows, facts),
+        "weaving": {
+            "agent_few_matched": facts["agent_few_matched"],
+            "agent_all_matched": facts["agent_all_matched"],
+        },
         "stats": rows,
     }
 
@@ -605,8 +606,8 @@ def _count(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """The summary as a small text table."""
+def _table_lines(summary: dict[str, Any]) -> list[str]:
+    """The heading and one line per row (or its ``missing:`` line)."""
     stats = summary.get("stats", {})
     out = [
         f"twinweave untargeted cost, {summary['implementation']} {summary['python']}: the order "
@@ -633,24 +634,37 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{name:<18} {row['value']:>8.2f} {sem:>6.2f} {ratio:>7.3f} {added}  "
             f"{DESCRIPTIONS[name]}"
         )
+    return out
+
+
+def _fact_lines(summary: dict[str, Any]) -> list[str]:
+    """Calls per message, counted and timed, and what each agent row wove."""
     facts = {row["name"]: row for row in summary["rows"] if row["unit"] == "count"}
     few = summary["weaving"]["agent_few_matched"]
     every = summary["weaving"]["agent_all_matched"]
     calls = facts["python_calls_per_message"]["value"]
-    out += [
-        "",
+    return [
         f"per message: {_count(calls)} Python calls (bare, counted untimed); timed by the "
         f"agent: {_count(few['timed_calls_per_message'])} in agent_few_matched, "
         f"{_count(every['timed_calls_per_message'])} in agent_all_matched",
         f"agent_few_matched wove {len(few['woven'])} of {few['functions']} functions: "
         f"{', '.join(few['woven'])}; agent_all_matched wove {len(every['woven'])}",
-        "",
     ]
-    for claim in summary["claims"]:
-        out.append(f"{claim['text']}: {verdict(claim['holds'])}")
+
+
+def _claim_lines(summary: dict[str, Any]) -> list[str]:
+    """Each claim with its verdict, then the verdict of them all."""
+    out = [f"{claim['text']}: {verdict(claim['holds'])}" for claim in summary["claims"]]
     holds = all(claim["holds"] for claim in summary["claims"])
     out.append(f"claim on this Python: {verdict(holds)}")
-    return "\n".join(out)
+    return out
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as a small text table: the rows, the counted facts, the claims."""
+    return "\n".join(
+        [*_table_lines(summary), "", *_fact_lines(summary), "", *_claim_lines(summary)]
+    )
 
 
 QUICK_ARGS = ("--processes", "3", "--values", "2")
