@@ -512,14 +512,10 @@ def _scrape_facts(variant: Variant) -> dict[str, Any]:
 # -- the summary ------------------------------------------------------------------------------
 
 
-def summarize(rows: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict[str, Any]:
-    """Added costs, ratios and claims from the pyperf means of one run (name -> stats)."""
-    bare = rows["bare"]
-    added = {
-        name: overhead._difference(rows[name], bare)
-        for name in PER_CALL_ROWS
-        if name in rows and name != "bare"
-    }
+def _claims(
+    rows: dict[str, dict[str, Any]], added: dict[str, Any], facts: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, bool]]:
+    """The claims' ratios (with definitions and limits) and whether each claim holds."""
     ratios: dict[str, Any] = {}
     claim: dict[str, bool] = {}
     if "twinweave_prometheus" in added:
@@ -555,6 +551,18 @@ def summarize(rows: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict[st
         )
     claim["rows_did_their_work"] = not work_problems(facts)
     claim["holds"] = all(claim.values())
+    return ratios, claim
+
+
+def summarize(rows: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict[str, Any]:
+    """Added costs, ratios and claims from the pyperf means of one run (name -> stats)."""
+    bare = rows["bare"]
+    added = {
+        name: overhead._difference(rows[name], bare)
+        for name in PER_CALL_ROWS
+        if name in rows and name != "bare"
+    }
+    ratios, claim = _claims(rows, added, facts)
     described = {
         name: dict(stats, description=DESCRIPTIONS[name], unit=_unit(name))
         for name, stats in rows.items()
@@ -616,13 +624,10 @@ def _unit(name: str) -> str:
     return "ms" if name in SCRAPE_ROWS else "ns"
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """The summary as a small text table."""
+def _table_lines(summary: dict[str, Any]) -> list[str]:
+    """The heading and one line per row (or its ``missing:`` line)."""
     rows = summary["rows"]
     added = summary["added_vs_bare"]
-    ratios = summary["ratios"]
-    claim = summary["claim"]
-    facts = summary["facts"]
     missing = {entry["name"]: entry["reason"] for entry in summary["missing"]}
     out = [
         f"twinweave live observability, {summary['implementation']} {summary['python']}: pyperf "
@@ -646,7 +651,15 @@ def format_summary(summary: dict[str, Any]) -> str:
             else f"{'':>10} {'':>7}"
         )
         out.append(f"{name:<26} {mean:>12} {sem:>8} {extra}  {stats['description']}")
-    out.append("")
+    return out
+
+
+def _claim_lines(summary: dict[str, Any]) -> list[str]:
+    """Each claim's ratio against its limit (or the noise), with its verdict."""
+    ratios = summary["ratios"]
+    claim = summary["claim"]
+    facts = summary["facts"]
+    out: list[str] = []
     if "prometheus_vs_timing" in ratios:
         ratio = ratios["prometheus_vs_timing"]
         probe = facts.get("prometheus_probe", {})
@@ -671,7 +684,14 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{ratio['definition']} = {ratio['value']:.2f} +- {ratio['sem']:.2f} (for scale: "
             "the anchor with the plugin's attributes)"
         )
-    out.append("")
+    return out
+
+
+def _work_lines(summary: dict[str, Any]) -> list[str]:
+    """What each row did, counted untimed, and whether every row did what it is timed for."""
+    claim = summary["claim"]
+    facts = summary["facts"]
+    out: list[str] = []
     for name in OTEL_ROWS:
         if f"{name}_spans_per_call" in facts:
             out.append(f"{name}: {facts[f'{name}_spans_per_call']:g} spans exported per call")
@@ -690,7 +710,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         + (verdict(True) if not problems else f"{verdict(False)}: {'; '.join(problems)}")
     )
     out.append(f"claim on this Python: {verdict(claim['holds'])}")
-    return "\n".join(out)
+    return out
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as a small text table: the rows, the claims, what each row did."""
+    return "\n".join(
+        [*_table_lines(summary), "", *_claim_lines(summary), "", *_work_lines(summary)]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
