@@ -46,8 +46,9 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:  # run as a script: benchmarks/ is on the path, not the project
     sys.path.insert(0, _REPO)
 
+from benchmarks._nodes import BenchError  # noqa: E402
 from benchmarks._report import verdict  # noqa: E402
-from benchmarks.takeover import BenchError, Cluster  # noqa: E402
+from benchmarks.takeover import Cluster  # noqa: E402
 
 ADAPTER = os.path.join(_REPO, "examples", "fs_adapter.py")
 POINTCUTS = os.path.join(_REPO, "examples", "aop.xml")

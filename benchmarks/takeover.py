@@ -81,6 +81,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:  # run as a script: benchmarks/ is on the path, not the project
     sys.path.insert(0, _REPO)
 from benchmarks import procstat  # noqa: E402
+from benchmarks._nodes import BenchError, node_env, spawn, wait_for  # noqa: E402
 from benchmarks._report import verdict  # noqa: E402
 
 ADAPTER = os.path.join(_REPO, "benchmarks", "takeover_adapter.py")
@@ -117,10 +118,6 @@ class Node:
         return procstat.cpu_seconds(self.popen.pid)
 
 
-class BenchError(RuntimeError):
-    """A run could not be measured; the message says what was missing."""
-
-
 class Cluster:
     """The nodes of one run: one cluster name, one port, one timeline; killed at the end."""
 
@@ -144,14 +141,7 @@ class Cluster:
         self.options: list[str] = []  # the bootstrap's own, before the settings
         self.failover = True  # False: the program alone under the agent, no cluster
         self.nodes: dict[str, Node] = {}
-        self.env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("TWINWEAVE_", "AGENT_"))
-        }
-        self.env["XDG_CACHE_HOME"] = str(self.dir / "cache")
-        # the nodes find `agent` and `cluster` even when the project is not installed
-        self.env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (_REPO, os.environ.get("PYTHONPATH")) if p
-        )
+        self.env = node_env(self.dir / "cache")
 
     def start(self, node_id: str) -> Node:
         settings = [
@@ -170,16 +160,7 @@ class Cluster:
                 command += ["-D", setting]
         command += self.program
         log = self.dir / f"{node_id}.log"
-        with open(log, "wb") as out:
-            popen = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.dir,
-                env=self.env,
-            )
-        node = self.nodes[node_id] = Node(node_id, popen, log)
+        node = self.nodes[node_id] = Node(node_id, spawn(command, log, self.dir, self.env), log)
         return node
 
     def starts(self) -> list[tuple[str, int, float]]:
@@ -195,14 +176,7 @@ class Cluster:
         return found
 
     def wait(self, what: str, probe: Any, timeout: float) -> Any:
-        limit = time.monotonic() + timeout
-        while True:
-            value = probe()
-            if value:
-                return value
-            if time.monotonic() > limit:
-                raise BenchError(f"no {what} after {timeout:.0f} s\n{self.logs()}")
-            time.sleep(0.005)
+        return wait_for(what, probe, timeout, 0.005, self.logs)
 
     def wait_master(self, after: float = -math.inf, timeout: float = NODE_START_TIMEOUT_S):
         return self.wait(

@@ -83,6 +83,7 @@ from benchmarks._pyperf import (  # noqa: E402
     setprofile_noop,
 )
 from benchmarks._report import verdict  # noqa: E402
+from benchmarks.weaving_child import reachable_functions  # noqa: E402
 
 SERVICE_MODULE = "workload_service"
 """The name the workload module is loaded (and matched by the pointcut files) under."""
@@ -224,32 +225,6 @@ def _functions_in(code: types.CodeType, qualname: str = "") -> dict[str, types.C
     return found
 
 
-def _live_functions(module: types.ModuleType) -> list[types.FunctionType]:
-    """Functions reachable from the module: top level, in classes, tables and descriptors."""
-    found: list[types.FunctionType] = []
-    seen: set[int] = set()
-    stack: list[Any] = list(vars(module).values())
-    while stack:
-        obj = stack.pop()
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, (staticmethod, classmethod)):
-            stack.append(obj.__func__)
-        elif isinstance(obj, property):
-            stack.extend(f for f in (obj.fget, obj.fset, obj.fdel) if f is not None)
-        elif isinstance(obj, types.FunctionType):
-            if obj.__module__ == module.__name__:
-                found.append(obj)
-        elif isinstance(obj, type) and obj.__module__ == module.__name__:
-            stack.extend(vars(obj).values())
-        elif isinstance(obj, dict):
-            stack.extend(obj.values())
-        elif isinstance(obj, (list, tuple)):
-            stack.extend(obj)
-    return found
-
-
 def weaving_notes(loaded: Loaded) -> dict[str, Any]:
     """What the agent wove in ``loaded`` and whether everything else kept its compiled code.
 
@@ -264,7 +239,7 @@ def weaving_notes(loaded: Loaded) -> dict[str, Any]:
     matched = sorted(key for key, code in woven.items() if probe_of(code) is not None)
     unmatched = [key for key in compiled if key not in matched]
     same = [key for key in unmatched if woven.get(key) is compiled[key]]
-    live = _live_functions(loaded.module)
+    live = reachable_functions(loaded.module, loaded.module.__name__, tables=True)
     live_ok = 0
     for function in live:
         key = f"{function.__qualname__}:{function.__code__.co_firstlineno}"
