@@ -105,6 +105,36 @@ def bench_stats(bench: Any, unit: str = "s", stdev: bool = False) -> dict[str, A
     return figures
 
 
+def run_script(
+    description: str,
+    setups: Mapping[str, Any],
+    time_row: Callable[..., float],
+    inner_loops: int | Mapping[str, int],
+    descriptions: dict[str, str],
+    quick_args: Sequence[str],
+    argv: Sequence[str] | None,
+    summarize: Callable[[dict[str, dict[str, Any]]], dict[str, Any]],
+    format_summary: Callable[[dict], str],
+    unit: str,
+    stdev: bool = False,
+    quick_note: str = "",
+) -> int:
+    """A pyperf script's whole run: time every row of ``setups``, then report.
+
+    In the process that reports, each row's :func:`bench_stats` (in ``unit``) go to
+    ``summarize``, and :func:`finish` prints and writes the summary. Returns the exit
+    status (0, also in a worker).
+    """
+    measured = run_rows(
+        description, list(setups), time_row, inner_loops, descriptions, quick_args, argv, quick_note
+    )
+    if measured is None:
+        return 0
+    results, args = measured
+    rows = {name: bench_stats(bench, unit, stdev) for name, bench in results.items()}
+    return finish(summarize(rows), args, format_summary)
+
+
 def finish(summary: dict[str, Any], args: Any, format_summary: Callable[[dict], str]) -> int:
     """Print ``summary`` as a table and, with ``--summary FILE``, write it as JSON."""
     summary["pyperf_output"] = os.path.abspath(args.output) if args.output else None

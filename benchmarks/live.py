@@ -85,7 +85,7 @@ from agent import speedups  # noqa: E402
 from agent.events import JoinPoint  # noqa: E402
 from agent.plugins.timing import TimingPlugin  # noqa: E402
 from benchmarks import overhead  # noqa: E402
-from benchmarks._pyperf import bench_stats, finish, row_timer, run_rows  # noqa: E402
+from benchmarks._pyperf import row_timer, run_script  # noqa: E402
 from benchmarks._report import verdict  # noqa: E402
 from benchmarks.overhead import Variant  # noqa: E402
 
@@ -721,21 +721,20 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    measured = run_rows(
+    return run_script(
         "twinweave: live observability, per call and per scrape",
-        list(SETUPS),
+        SETUPS,
         time_row,
         {name: INNER[name] for name in SETUPS},
         DESCRIPTIONS,
         overhead.QUICK_ARGS,
         argv,
-        " (pyperf's --fast, fewer processes)",
+        lambda rows: summarize(rows, structure()),
+        format_summary,
+        "ns",
+        stdev=True,
+        quick_note=" (pyperf's --fast, fewer processes)",
     )
-    if measured is None:
-        return 0
-    results, args = measured
-    rows = {name: bench_stats(bench, "ns", stdev=True) for name, bench in results.items()}
-    return finish(summarize(rows, structure()), args, format_summary)
 
 
 if __name__ == "__main__":

@@ -64,15 +64,13 @@ from agent.pointcuts import parse as parse_pointcuts  # noqa: E402
 from agent.runtime import Agent  # noqa: E402
 from agent.weaving.rewrite import probe_of, weave_code  # noqa: E402
 from benchmarks._pyperf import (  # noqa: E402
-    bench_stats,
     cprofile,
-    finish,
     make_loop,
     monitoring_noop,
     nothing,
     row_timer,
     run_hooked,
-    run_rows,
+    run_script,
     setprofile_noop,
 )
 from benchmarks._report import verdict  # noqa: E402
@@ -299,25 +297,16 @@ def setup_twinweave_unmatched() -> Variant:
     running) weaves the module's code with ``Agent.weave_module``, the call the
     import hook makes; its aspect matches ``g``, which is woven, and not ``f``.
     """
-    agent = agent_for("g")
-    namespace, compiled_f = _woven_by(agent)
-    fn = namespace["f"]
-    return Variant(
-        "twinweave_unmatched",
-        fn,
-        close=agent.stop,
-        plugin_set=agent.plugins,
-        notes={
-            "same_code_object": fn.__code__ is compiled_f,
-            "module_was_woven": probe_of(namespace["g"].__code__) is not None,
-        },
-    )
+    variant, namespace = _f_woven_by("twinweave_unmatched", agent_for("g"))
+    variant.notes["module_was_woven"] = probe_of(namespace["g"].__code__) is not None
+    return variant
 
 
-def _woven_by(agent: Agent) -> tuple[dict[str, Any], types.CodeType]:
+def _f_woven_by(name: str, agent: Agent) -> tuple[Variant, dict[str, Any]]:
     """Start ``agent``'s plugins and load the target module as its import hook weaves it.
 
-    Returns the module's namespace and the code object the compiler made for ``f``.
+    Returns the row of the module's ``f`` (its notes say whether ``f`` kept the code
+    object the compiler made) and the module's namespace.
     """
     agent.plugins.start(CONTEXT)
     original = compile(TARGET_SOURCE, TARGET_FILE, "exec")
@@ -325,7 +314,15 @@ def _woven_by(agent: Agent) -> tuple[dict[str, Any], types.CodeType]:
     compiled_f = next(
         c for c in original.co_consts if isinstance(c, types.CodeType) and c.co_name == "f"
     )
-    return namespace, compiled_f
+    fn = namespace["f"]
+    variant = Variant(
+        name,
+        fn,
+        close=agent.stop,
+        plugin_set=agent.plugins,
+        notes={"same_code_object": fn.__code__ is compiled_f},
+    )
+    return variant, namespace
 
 
 def setup_twinweave_no_plugin() -> Variant:
@@ -338,15 +335,7 @@ def setup_twinweave_no_plugin() -> Variant:
     """
     source = pointcuts("f").replace('<plugin name="timing"/>', "")
     agent = Agent(parse_pointcuts(source, "<pointcuts for f, no plugin>"), "bytecode")
-    namespace, compiled_f = _woven_by(agent)
-    fn = namespace["f"]
-    return Variant(
-        "twinweave_no_plugin",
-        fn,
-        close=agent.stop,
-        plugin_set=agent.plugins,
-        notes={"same_code_object": fn.__code__ is compiled_f},
-    )
+    return _f_woven_by("twinweave_no_plugin", agent)[0]
 
 
 def setup_twinweave_timing_hook() -> Variant:
@@ -1031,21 +1020,20 @@ pyperf's ``--fast`` always runs 10 worker processes per row (and overrides
 
 
 def main(argv: list[str] | None = None) -> int:
-    measured = run_rows(
+    return run_script(
         "twinweave: per-call overhead of the timing probe",
-        list(SETUPS),
+        SETUPS,
         time_row,
         INNER_LOOPS,
         DESCRIPTIONS,
         QUICK_ARGS,
         argv,
-        " (pyperf's --fast, fewer processes)",
+        lambda rows: summarize(rows, unmatched_notes()),
+        format_summary,
+        "ns",
+        stdev=True,
+        quick_note=" (pyperf's --fast, fewer processes)",
     )
-    if measured is None:
-        return 0
-    results, args = measured
-    rows = {name: bench_stats(bench, "ns", stdev=True) for name, bench in results.items()}
-    return finish(summarize(rows, unmatched_notes()), args, format_summary)
 
 
 if __name__ == "__main__":

@@ -71,15 +71,13 @@ from agent.runtime import Agent  # noqa: E402
 from agent.weaving.rewrite import is_join_point, probe_of  # noqa: E402
 from benchmarks._pyperf import (  # noqa: E402
     Instrument,
-    bench_stats,
     cprofile,
-    finish,
     make_loop,
     monitoring_noop,
     nothing,
     row_timer,
     run_hooked,
-    run_rows,
+    run_script,
     setprofile_noop,
 )
 from benchmarks._report import verdict  # noqa: E402
@@ -647,20 +645,18 @@ QUICK_ARGS = ("--processes", "3", "--values", "2")
 
 
 def main(argv: list[str] | None = None) -> int:
-    measured = run_rows(
+    return run_script(
         "twinweave: untargeted cost on a realistic adapter",
-        list(SETUPS),
+        SETUPS,
         time_row,
         BATCH,
         DESCRIPTIONS,
         QUICK_ARGS,
         argv,
+        lambda rows: summarize(rows, structure()),
+        format_summary,
+        "us",
     )
-    if measured is None:
-        return 0
-    results, args = measured
-    rows = {name: bench_stats(bench, "us") for name, bench in results.items()}
-    return finish(summarize(rows, structure()), args, format_summary)
 
 
 if __name__ == "__main__":
