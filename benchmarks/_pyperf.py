@@ -261,6 +261,13 @@ def row_timer(
 # -- the profiler baselines --------------------------------------------------------------------
 
 
+def monitoring_missing(*rows: str) -> dict[str, str]:
+    """``rows`` (those that need ``sys.monitoring``) -> why they are missing, before 3.12."""
+    if sys.version_info >= (3, 12):
+        return {}
+    return {row: "sys.monitoring exists from Python 3.12" for row in rows}
+
+
 class Instrument(NamedTuple):
     """A profiler of a baseline row: the hooks that switch it and what the row notes about it.
 

@@ -731,9 +731,7 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         lambda rows: summarize(rows, structure()),
         format_summary,
-        "ns",
-        stdev=True,
-        quick_note=" (pyperf's --fast, fewer processes)",
+        **overhead.RUN_OPTIONS,
     )
 
 

@@ -66,6 +66,7 @@ from agent.weaving.rewrite import probe_of, weave_code  # noqa: E402
 from benchmarks._pyperf import (  # noqa: E402
     cprofile,
     make_loop,
+    monitoring_missing,
     monitoring_noop,
     nothing,
     row_timer,
@@ -632,10 +633,7 @@ def setup_coroutine_twinweave_timing() -> Variant:
 
 def missing_rows() -> dict[str, str]:
     """Rows this interpreter cannot measure, and why."""
-    missing: dict[str, str] = {}
-    if sys.version_info < (3, 12):
-        missing["twinweave_monitoring"] = "sys.monitoring exists from Python 3.12"
-        missing["monitoring_noop"] = "sys.monitoring exists from Python 3.12"
+    missing = monitoring_missing("twinweave_monitoring", "monitoring_noop")
     why = wrapt_missing()
     if why is not None:
         missing["wrapt_decorator"] = why
@@ -1019,6 +1017,14 @@ pyperf's ``--fast`` always runs 10 worker processes per row (and overrides
 """
 
 
+RUN_OPTIONS: dict[str, Any] = {
+    "unit": "ns",
+    "stdev": True,
+    "quick_note": " (pyperf's --fast, fewer processes)",
+}
+"""How :func:`benchmarks._pyperf.run_script` reports these rows (live.py's per-call rows too)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     return run_script(
         "twinweave: per-call overhead of the timing probe",
@@ -1030,9 +1036,7 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         lambda rows: summarize(rows, unmatched_notes()),
         format_summary,
-        "ns",
-        stdev=True,
-        quick_note=" (pyperf's --fast, fewer processes)",
+        **RUN_OPTIONS,
     )
 
 

@@ -69,17 +69,8 @@ from agent.plugins.timing import TimingPlugin  # noqa: E402
 from agent.pointcuts import load as load_pointcuts  # noqa: E402
 from agent.runtime import Agent  # noqa: E402
 from agent.weaving.rewrite import is_join_point, probe_of  # noqa: E402
-from benchmarks._pyperf import (  # noqa: E402
-    Instrument,
-    cprofile,
-    make_loop,
-    monitoring_noop,
-    nothing,
-    row_timer,
-    run_hooked,
-    run_script,
-    setprofile_noop,
-)
+from benchmarks import _pyperf  # noqa: E402
+from benchmarks._pyperf import make_loop, nothing, row_timer, run_hooked, run_script  # noqa: E402
 from benchmarks._report import verdict  # noqa: E402
 from benchmarks.weaving_child import reachable_functions  # noqa: E402
 
@@ -308,7 +299,7 @@ def setup_agent_all_matched() -> Variant:
     return _agent_row("agent_all_matched", ALL_POINTCUTS)
 
 
-def _bare_under(name: str, instrument: Instrument) -> Variant:
+def _bare_under(name: str, instrument: _pyperf.Instrument) -> Variant:
     """The bare adapter, run under a profiler ``instrument`` of :mod:`benchmarks._pyperf`."""
     module = load_service().module
     return Variant(name, module, module.Adapter(), payloads(), **instrument._asdict())
@@ -316,12 +307,12 @@ def _bare_under(name: str, instrument: Instrument) -> Variant:
 
 def setup_setprofile_noop() -> Variant:
     """The bare adapter, ``sys.setprofile(<no-op>)`` on around the timed window only."""
-    return _bare_under("setprofile_noop", setprofile_noop())
+    return _bare_under("setprofile_noop", _pyperf.setprofile_noop())
 
 
 def setup_cprofile() -> Variant:
     """The bare adapter, a ``cProfile.Profile`` enabled around the timed window only."""
-    return _bare_under("cprofile", cprofile())
+    return _bare_under("cprofile", _pyperf.cprofile())
 
 
 MONITORING_TOOL_NAME = "twinweave-workload-noop"
@@ -334,18 +325,10 @@ def setup_monitoring_noop() -> Variant:
     free tool id, switched on right before the timed window and off right after
     it; the callbacks return ``None`` (not ``DISABLE``), so they fire on every call.
     """
-    return _bare_under("monitoring_noop", monitoring_noop(MONITORING_TOOL_NAME))
+    return _bare_under("monitoring_noop", _pyperf.monitoring_noop(MONITORING_TOOL_NAME))
 
 
-def missing_rows() -> dict[str, str]:
-    """Rows this interpreter cannot measure, and why."""
-    missing: dict[str, str] = {}
-    if sys.version_info < (3, 12):
-        missing["monitoring_noop"] = "sys.monitoring exists from Python 3.12"
-    return missing
-
-
-MISSING = missing_rows()
+MISSING = _pyperf.monitoring_missing("monitoring_noop")
 """Rows this interpreter cannot measure, and why (each gets a ``missing:`` line)."""
 
 ALL_SETUPS: dict[str, Callable[[], Variant]] = {
