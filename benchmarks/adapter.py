@@ -46,7 +46,9 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:  # run as a script: benchmarks/ is on the path, not the project
     sys.path.insert(0, _REPO)
 
-from benchmarks.takeover import BenchError, Cluster, _verdict  # noqa: E402
+from benchmarks._nodes import BenchError  # noqa: E402
+from benchmarks._report import verdict  # noqa: E402
+from benchmarks.takeover import Cluster  # noqa: E402
 
 ADAPTER = os.path.join(_REPO, "examples", "fs_adapter.py")
 POINTCUTS = os.path.join(_REPO, "examples", "aop.xml")
@@ -137,7 +139,7 @@ def report(results: dict[str, Any]) -> str:
     out += [
         "",
         f"failover with 2 slaves x alone (medians): {f['ratio']:.2f}x "
-        f"(target >= {TARGET}x): {_verdict(f['holds'])}",
+        f"(target >= {TARGET}x): {verdict(f['holds'])}",
     ]
     return "\n".join(out)
 

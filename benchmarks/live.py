@@ -65,7 +65,6 @@ Each ``setup_<row>()`` builds one row and returns an ``overhead.Variant``;
 
 from __future__ import annotations
 
-import atexit
 import functools
 import importlib.util
 import json
@@ -86,7 +85,8 @@ from agent import speedups  # noqa: E402
 from agent.events import JoinPoint  # noqa: E402
 from agent.plugins.timing import TimingPlugin  # noqa: E402
 from benchmarks import overhead  # noqa: E402
-from benchmarks._pyperf import finish, run_rows  # noqa: E402
+from benchmarks._pyperf import row_timer, run_script  # noqa: E402
+from benchmarks._report import verdict  # noqa: E402
 from benchmarks.overhead import Variant  # noqa: E402
 
 MAX_VS_SDK_SPAN = 1.2
@@ -417,17 +417,14 @@ def loop_for(variant: Variant) -> Callable[..., float]:
     return loop
 
 
-_live: dict[str, tuple[Variant, Callable[..., float]]] = {}
+def _prepare(name: str) -> tuple[Variant, Callable[[int], float]]:
+    variant = SETUPS[name]()
+    loop = loop_for(variant)
+    return variant, lambda loops: overhead.run_variant(variant, loop, loops)
 
 
-def time_row(loops: int, name: str) -> float:
-    """pyperf's time function: set the row up on first use in this worker, then time it."""
-    if name not in _live:
-        variant = SETUPS[name]()
-        atexit.register(variant.close)
-        _live[name] = (variant, loop_for(variant))
-    variant, loop = _live[name]
-    return overhead.run_variant(variant, loop, loops)
+time_row = row_timer(_prepare)
+"""pyperf's time function: set the row up on first use in this worker, then time it."""
 
 
 # -- what each row really did, counted untimed ------------------------------------------------
@@ -515,14 +512,10 @@ def _scrape_facts(variant: Variant) -> dict[str, Any]:
 # -- the summary ------------------------------------------------------------------------------
 
 
-def summarize(rows: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict[str, Any]:
-    """Added costs, ratios and claims from the pyperf means of one run (name -> stats)."""
-    bare = rows["bare"]
-    added = {
-        name: overhead._difference(rows[name], bare)
-        for name in PER_CALL_ROWS
-        if name in rows and name != "bare"
-    }
+def _claims(
+    rows: dict[str, dict[str, Any]], added: dict[str, Any], facts: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, bool]]:
+    """The claims' ratios (with definitions and limits) and whether each claim holds."""
     ratios: dict[str, Any] = {}
     claim: dict[str, bool] = {}
     if "twinweave_prometheus" in added:
@@ -558,6 +551,18 @@ def summarize(rows: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict[st
         )
     claim["rows_did_their_work"] = not work_problems(facts)
     claim["holds"] = all(claim.values())
+    return ratios, claim
+
+
+def summarize(rows: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict[str, Any]:
+    """Added costs, ratios and claims from the pyperf means of one run (name -> stats)."""
+    bare = rows["bare"]
+    added = {
+        name: overhead._difference(rows[name], bare)
+        for name in PER_CALL_ROWS
+        if name in rows and name != "bare"
+    }
+    ratios, claim = _claims(rows, added, facts)
     described = {
         name: dict(stats, description=DESCRIPTIONS[name], unit=_unit(name))
         for name, stats in rows.items()
@@ -619,17 +624,10 @@ def _unit(name: str) -> str:
     return "ms" if name in SCRAPE_ROWS else "ns"
 
 
-def _verdict(ok: bool) -> str:
-    return "holds" if ok else "FAILS"
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """The summary as a small text table."""
+def _table_lines(summary: dict[str, Any]) -> list[str]:
+    """The heading and one line per row (or its ``missing:`` line)."""
     rows = summary["rows"]
     added = summary["added_vs_bare"]
-    ratios = summary["ratios"]
-    claim = summary["claim"]
-    facts = summary["facts"]
     missing = {entry["name"]: entry["reason"] for entry in summary["missing"]}
     out = [
         f"twinweave live observability, {summary['implementation']} {summary['python']}: pyperf "
@@ -653,7 +651,15 @@ def format_summary(summary: dict[str, Any]) -> str:
             else f"{'':>10} {'':>7}"
         )
         out.append(f"{name:<26} {mean:>12} {sem:>8} {extra}  {stats['description']}")
-    out.append("")
+    return out
+
+
+def _claim_lines(summary: dict[str, Any]) -> list[str]:
+    """Each claim's ratio against its limit (or the noise), with its verdict."""
+    ratios = summary["ratios"]
+    claim = summary["claim"]
+    facts = summary["facts"]
+    out: list[str] = []
     if "prometheus_vs_timing" in ratios:
         ratio = ratios["prometheus_vs_timing"]
         probe = facts.get("prometheus_probe", {})
@@ -661,16 +667,16 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{ratio['definition']} = {ratio['value']:.2f} +- {ratio['sem']:.2f}; difference "
             f"{ratio['difference_ns']:+.1f} ns +- {ratio['difference_sem_ns']:.1f} (within "
             f"{summary['settings']['same_cost_sems']:g} sem): "
-            f"{_verdict(claim['prometheus_within_noise'])}",
+            f"{verdict(claim['prometheus_within_noise'])}",
             f"same per-call path as timing alone (steps mode {probe.get('steps_mode')}, timed in "
             f"C {probe.get('in_c')}; timing alone: {facts['timing_probe']}): "
-            f"{_verdict(claim['prometheus_same_probe'])}",
+            f"{verdict(claim['prometheus_same_probe'])}",
         ]
     if "otel_vs_sdk_span" in ratios:
         ratio = ratios["otel_vs_sdk_span"]
         out.append(
             f"{ratio['definition']} = {ratio['value']:.2f} +- {ratio['sem']:.2f} (claim <= "
-            f"{ratio['limit']:g}): {_verdict(claim['otel_vs_sdk_span'])}"
+            f"{ratio['limit']:g}): {verdict(claim['otel_vs_sdk_span'])}"
         )
     if "otel_vs_sdk_span_attributes" in ratios:
         ratio = ratios["otel_vs_sdk_span_attributes"]
@@ -678,7 +684,14 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{ratio['definition']} = {ratio['value']:.2f} +- {ratio['sem']:.2f} (for scale: "
             "the anchor with the plugin's attributes)"
         )
-    out.append("")
+    return out
+
+
+def _work_lines(summary: dict[str, Any]) -> list[str]:
+    """What each row did, counted untimed, and whether every row did what it is timed for."""
+    claim = summary["claim"]
+    facts = summary["facts"]
+    out: list[str] = []
     for name in OTEL_ROWS:
         if f"{name}_spans_per_call" in facts:
             out.append(f"{name}: {facts[f'{name}_spans_per_call']:g} spans exported per call")
@@ -694,28 +707,32 @@ def format_summary(summary: dict[str, Any]) -> str:
     problems = work_problems(facts)
     out.append(
         "every row did what it is timed for: "
-        + (_verdict(True) if not problems else f"{_verdict(False)}: {'; '.join(problems)}")
+        + (verdict(True) if not problems else f"{verdict(False)}: {'; '.join(problems)}")
     )
-    out.append(f"claim on this Python: {_verdict(claim['holds'])}")
-    return "\n".join(out)
+    out.append(f"claim on this Python: {verdict(claim['holds'])}")
+    return out
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as a small text table: the rows, the claims, what each row did."""
+    return "\n".join(
+        [*_table_lines(summary), "", *_claim_lines(summary), "", *_work_lines(summary)]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    measured = run_rows(
+    return run_script(
         "twinweave: live observability, per call and per scrape",
-        list(SETUPS),
+        SETUPS,
         time_row,
         {name: INNER[name] for name in SETUPS},
         DESCRIPTIONS,
         overhead.QUICK_ARGS,
         argv,
-        " (pyperf's --fast, fewer processes)",
+        lambda rows: summarize(rows, structure()),
+        format_summary,
+        **overhead.RUN_OPTIONS,
     )
-    if measured is None:
-        return 0
-    results, args = measured
-    rows = {name: overhead._stats(bench) for name, bench in results.items()}
-    return finish(summarize(rows, structure()), args, format_summary)
 
 
 if __name__ == "__main__":

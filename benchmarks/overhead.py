@@ -42,16 +42,11 @@ Each ``setup_<row>()`` builds one row and returns a :class:`Variant`;
 
 from __future__ import annotations
 
-import atexit
-import cProfile
-import functools
 import importlib.util
-import itertools
 import math
 import os
 import platform
 import sys
-import textwrap
 import time
 import types
 from dataclasses import dataclass, field
@@ -69,11 +64,17 @@ from agent.pointcuts import parse as parse_pointcuts  # noqa: E402
 from agent.runtime import Agent  # noqa: E402
 from agent.weaving.rewrite import probe_of, weave_code  # noqa: E402
 from benchmarks._pyperf import (  # noqa: E402
-    finish,
-    mean_sem,
-    noop_monitoring,
-    run_rows,
+    cprofile,
+    make_loop,
+    monitoring_missing,
+    monitoring_noop,
+    nothing,
+    row_timer,
+    run_hooked,
+    run_script,
+    setprofile_noop,
 )
+from benchmarks._report import verdict  # noqa: E402
 
 INNER_LOOPS = 20
 """Calls per iteration of the timed loop (the loop is unrolled this many times)."""
@@ -139,33 +140,26 @@ def agent_for(function: str) -> Agent:
 CONTEXT = AgentContext(python=platform.python_version(), backend="bytecode", report=None)
 
 
-def _nothing() -> None:
-    """The end-of-value hook of rows that have nothing to do there."""
-
-
 @dataclass
 class Variant:
     """One row, ready to time: the timed loop calls ``fn`` ``INNER_LOOPS`` times per iteration.
 
-    ``before`` runs right before the timed window opens and ``after`` right after
-    it closes (the profiler rows switch their profiler on and off there, so it is
-    active around the timed loop and nowhere else); ``on_clock`` runs at the end
-    of each timed value *inside* the timed window (the twinweave rows drain there,
-    so every recorded duration is drained, and paid for, within the value that
-    recorded it); ``off_clock`` runs after the window. ``close`` ends the row (stops
-    its plugins). ``kind`` says what is called and how (see :data:`KINDS`); its
-    ``bare`` and ``closure_decorator`` rows are the row's baselines.
+    ``before``, ``after``, ``on_clock``, ``off_clock`` and ``close`` are the hooks of
+    :class:`benchmarks._pyperf.Hooked` (the twinweave rows drain on the clock, the
+    profiler rows switch their profiler around the window). ``kind`` says what is
+    called and how (see :data:`KINDS`); its ``bare`` and ``closure_decorator`` rows
+    are the row's baselines.
     """
 
     name: str
     fn: Any
     body: str = "fn(arg)"
     kind: str = "function"
-    before: Callable[[], Any] = _nothing
-    after: Callable[[], Any] = _nothing
-    on_clock: Callable[[], Any] = _nothing
-    off_clock: Callable[[], Any] = _nothing
-    close: Callable[[], Any] = _nothing
+    before: Callable[[], Any] = nothing
+    after: Callable[[], Any] = nothing
+    on_clock: Callable[[], Any] = nothing
+    off_clock: Callable[[], Any] = nothing
+    close: Callable[[], Any] = nothing
     plugin_set: PluginSet | None = None
     timing: TimingPlugin | None = None
     probe: Probe | None = None
@@ -304,25 +298,16 @@ def setup_twinweave_unmatched() -> Variant:
     running) weaves the module's code with ``Agent.weave_module``, the call the
     import hook makes; its aspect matches ``g``, which is woven, and not ``f``.
     """
-    agent = agent_for("g")
-    namespace, compiled_f = _woven_by(agent)
-    fn = namespace["f"]
-    return Variant(
-        "twinweave_unmatched",
-        fn,
-        close=agent.stop,
-        plugin_set=agent.plugins,
-        notes={
-            "same_code_object": fn.__code__ is compiled_f,
-            "module_was_woven": probe_of(namespace["g"].__code__) is not None,
-        },
-    )
+    variant, namespace = _f_woven_by("twinweave_unmatched", agent_for("g"))
+    variant.notes["module_was_woven"] = probe_of(namespace["g"].__code__) is not None
+    return variant
 
 
-def _woven_by(agent: Agent) -> tuple[dict[str, Any], types.CodeType]:
+def _f_woven_by(name: str, agent: Agent) -> tuple[Variant, dict[str, Any]]:
     """Start ``agent``'s plugins and load the target module as its import hook weaves it.
 
-    Returns the module's namespace and the code object the compiler made for ``f``.
+    Returns the row of the module's ``f`` (its notes say whether ``f`` kept the code
+    object the compiler made) and the module's namespace.
     """
     agent.plugins.start(CONTEXT)
     original = compile(TARGET_SOURCE, TARGET_FILE, "exec")
@@ -330,7 +315,15 @@ def _woven_by(agent: Agent) -> tuple[dict[str, Any], types.CodeType]:
     compiled_f = next(
         c for c in original.co_consts if isinstance(c, types.CodeType) and c.co_name == "f"
     )
-    return namespace, compiled_f
+    fn = namespace["f"]
+    variant = Variant(
+        name,
+        fn,
+        close=agent.stop,
+        plugin_set=agent.plugins,
+        notes={"same_code_object": fn.__code__ is compiled_f},
+    )
+    return variant, namespace
 
 
 def setup_twinweave_no_plugin() -> Variant:
@@ -343,15 +336,7 @@ def setup_twinweave_no_plugin() -> Variant:
     """
     source = pointcuts("f").replace('<plugin name="timing"/>', "")
     agent = Agent(parse_pointcuts(source, "<pointcuts for f, no plugin>"), "bytecode")
-    namespace, compiled_f = _woven_by(agent)
-    fn = namespace["f"]
-    return Variant(
-        "twinweave_no_plugin",
-        fn,
-        close=agent.stop,
-        plugin_set=agent.plugins,
-        notes={"same_code_object": fn.__code__ is compiled_f},
-    )
+    return _f_woven_by("twinweave_no_plugin", agent)[0]
 
 
 def setup_twinweave_timing_hook() -> Variant:
@@ -365,24 +350,7 @@ def setup_twinweave_timing_hook() -> Variant:
     has no function version, so the interpreter never specializes calls to it
     (python/cpython#117045), and every call takes the generic path.
     """
-    agent = agent_for("f")
-    agent.plugins.start(CONTEXT)
-    namespace = load_target(
-        agent.weave_module(compile(TARGET_SOURCE, TARGET_FILE, "exec"), [TARGET_MODULE])
-    )
-    fn = namespace["f"]
-    probe = probe_of(fn.__code__)
-    assert probe is not None and not probe.steps_mode
-    (timing,) = agent.plugins.plugins
-    return Variant(
-        "twinweave_timing_hook",
-        fn,
-        on_clock=agent.plugins.drain,
-        close=agent.stop,
-        plugin_set=agent.plugins,
-        timing=timing,
-        probe=probe,
-    )
+    return _hook_woven_row("twinweave_timing_hook", "function", "f")
 
 
 def setup_twinweave_steps() -> Variant:
@@ -463,33 +431,14 @@ def setup_wrapt_decorator() -> Variant:
     )
 
 
-def _noop_profile(frame: Any, event: str, arg: Any) -> None:
-    """A ``sys.setprofile`` function that does nothing."""
-
-
 def setup_setprofile_noop() -> Variant:
     """``f`` as compiled, with ``sys.setprofile(<no-op>)`` active around the timed loop."""
-    off = functools.partial(sys.setprofile, None)
-    return Variant(
-        "setprofile_noop",
-        load_target()["f"],
-        before=functools.partial(sys.setprofile, _noop_profile),
-        after=off,
-        close=off,
-    )
+    return Variant("setprofile_noop", load_target()["f"], **setprofile_noop()._asdict())
 
 
 def setup_cprofile() -> Variant:
     """``f`` as compiled, with a ``cProfile.Profile`` enabled around the timed loop."""
-    profiler = cProfile.Profile()
-    return Variant(
-        "cprofile",
-        load_target()["f"],
-        before=profiler.enable,
-        after=profiler.disable,
-        close=profiler.disable,
-        notes={"profiler": profiler},
-    )
+    return Variant("cprofile", load_target()["f"], **cprofile()._asdict())
 
 
 MONITORING_TOOL_NAME = "twinweave-bench-noop"
@@ -502,18 +451,10 @@ def setup_monitoring_noop() -> Variant:
     under a tool id no one else holds; the callbacks return ``None`` (not
     ``DISABLE``), so they run on every call.
     """
-    mon = sys.monitoring  # type: ignore[attr-defined]
-    both = mon.events.PY_START | mon.events.PY_RETURN
-    tool, release = noop_monitoring(MONITORING_TOOL_NAME)
     fn = load_target()["f"]
-    mon.set_local_events(tool, fn.__code__, both)
-
-    def close() -> None:
-        if mon.get_tool(tool) == MONITORING_TOOL_NAME:
-            mon.set_local_events(tool, fn.__code__, 0)
-            release()
-
-    return Variant("monitoring_noop", fn, close=close, notes={"tool_id": tool})
+    return Variant(
+        "monitoring_noop", fn, **monitoring_noop(MONITORING_TOOL_NAME, fn.__code__)._asdict()
+    )
 
 
 class EventCounter(Plugin):
@@ -645,10 +586,9 @@ def setup_coroutine_closure_decorator() -> Variant:
 def _hook_woven_row(name: str, kind: str, qualname: str) -> Variant:
     """``qualname`` of the target module woven by the import hook's call, timing plugin on.
 
-    As ``twinweave_timing_hook``: a real agent whose pointcut matches ``qualname``,
-    its plugin set started (drain thread running), the module's code woven by
-    ``Agent.weave_module`` and run, so the function is made by ``MAKE_FUNCTION``;
-    every value ends with a drain on the clock.
+    A real agent whose pointcut matches ``qualname``, its plugin set started (drain
+    thread running), the module's code woven by ``Agent.weave_module`` and run, so the
+    function is made by ``MAKE_FUNCTION``; every value ends with a drain on the clock.
     """
     agent = agent_for(qualname)
     agent.plugins.start(CONTEXT)
@@ -693,10 +633,7 @@ def setup_coroutine_twinweave_timing() -> Variant:
 
 def missing_rows() -> dict[str, str]:
     """Rows this interpreter cannot measure, and why."""
-    missing: dict[str, str] = {}
-    if sys.version_info < (3, 12):
-        missing["twinweave_monitoring"] = "sys.monitoring exists from Python 3.12"
-        missing["monitoring_noop"] = "sys.monitoring exists from Python 3.12"
+    missing = monitoring_missing("twinweave_monitoring", "monitoring_noop")
     why = wrapt_missing()
     if why is not None:
         missing["wrapt_decorator"] = why
@@ -791,65 +728,23 @@ DESCRIPTIONS = {
 
 # -- the timed loop --------------------------------------------------------------------------
 
-_LOOP_SOURCE = """\
-def timed_loop(loops, fn, arg, on_clock, off_clock, before, after):
-    it = _repeat(None, loops)
-    before()
-    t0 = _clock()
-    for _ in it:
-{body}
-    on_clock()
-    elapsed = _clock() - t0
-    after()
-    off_clock()
-    return elapsed
-"""
-
-
-def make_loop(body: str, inner: int = INNER_LOOPS) -> Callable[..., float]:
-    """A fresh timing loop (its own code object) running ``body`` ``inner`` times per iteration.
-
-    ``body`` may span several lines (the coroutine rows' ``try``/``except``).
-    """
-    lines = "\n".join(textwrap.indent(body, " " * 8) for _ in range(inner))
-    namespace: dict[str, Any] = {"_repeat": itertools.repeat, "_clock": time.perf_counter}
-    exec(compile(_LOOP_SOURCE.format(body=lines), f"<timed loop: {body}>", "exec"), namespace)
-    return namespace["timed_loop"]
-
 
 def run_variant(variant: Variant, loop: Callable[..., float], loops: int) -> float:
-    """Time ``loops`` iterations of ``loop`` on ``variant``; seconds."""
-    return loop(
-        loops, variant.fn, ARG, variant.on_clock, variant.off_clock, variant.before, variant.after
-    )
+    """Time ``loops`` iterations of ``loop`` (from ``make_loop``) on ``variant``; seconds."""
+    return run_hooked(loop, loops, variant.fn, ARG, variant)
 
 
-_live: dict[str, tuple[Variant, Callable[..., float]]] = {}
+def _prepare(name: str) -> tuple[Variant, Callable[[int], float]]:
+    variant = SETUPS[name]()
+    loop = make_loop(variant.body, INNER_LOOPS)
+    return variant, lambda loops: run_variant(variant, loop, loops)
 
 
-def time_row(loops: int, name: str) -> float:
-    """pyperf's time function: set the row up on first use in this worker, then time it."""
-    live = _live.get(name)
-    if live is None:
-        variant = SETUPS[name]()
-        live = _live[name] = (variant, make_loop(variant.body))
-        atexit.register(variant.close)
-    variant, loop = live
-    return run_variant(variant, loop, loops)
+time_row = row_timer(_prepare)
+"""pyperf's time function: set the row up on first use in this worker, then time it."""
 
 
 # -- the summary -----------------------------------------------------------------------------
-
-
-def _stats(bench: Any) -> dict[str, Any]:
-    mean, sem, count = mean_sem(bench)
-    stdev = bench.stdev() if count > 1 else 0.0
-    return {
-        "mean_ns": mean * 1e9,
-        "stdev_ns": stdev * 1e9,
-        "sem_ns": sem * 1e9,
-        "values": count,
-    }
 
 
 def _difference(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
@@ -878,13 +773,12 @@ def _is_bare(name: str) -> bool:
     return name in {kind["bare"] for kind in KINDS.values()}
 
 
-def summarize(rows: dict[str, dict[str, Any]], unmatched_notes: dict[str, Any]) -> dict[str, Any]:
-    """Added costs and the claim's ratios from pyperf means of one run (``rows``: name -> stats).
+def _figures(rows: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every row against the ``bare`` and ``closure_decorator`` rows of its kind.
 
-    Every row is compared with the ``bare`` and ``closure_decorator`` rows of its
-    kind (plain function, method, generator, coroutine; see :data:`KINDS`).
+    Returns the added cost of each non-bare row (``row - bare``) and, by row, its
+    ratios to the two baselines (``x_bare``, ``x_decorator``, ``added_vs_decorator_added``).
     """
-    bare = rows["bare"]
     added: dict[str, Any] = {}
     vs_baselines: dict[str, Any] = {}
     for name, stats in rows.items():
@@ -900,7 +794,16 @@ def summarize(rows: dict[str, dict[str, Any]], unmatched_notes: dict[str, Any]) 
                 deco_added = _difference(kind_deco, kind_bare)
                 entry["added_vs_decorator_added"] = _ratio(added[name], deco_added)["value"]
         vs_baselines[name] = entry
-    floor = _difference(rows["perf_counter_ns_x2"], rows["empty_loop"])
+    return added, vs_baselines
+
+
+def _claims(
+    rows: dict[str, dict[str, Any]],
+    added: dict[str, Any],
+    floor: dict[str, float],
+    unmatched_notes: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, bool]]:
+    """The claim's ratios (with their definitions and limits) and whether each part holds."""
     ratios: dict[str, Any] = {}
     claim: dict[str, bool] = {}
     for row in CLAIM_ROWS:
@@ -918,7 +821,7 @@ def summarize(rows: dict[str, dict[str, Any]], unmatched_notes: dict[str, Any]) 
         )
         claim[f"{row}_vs_decorator"] = vs_decorator["value"] <= MAX_VS_DECORATOR
         claim[f"{row}_vs_clock_floor"] = vs_floor["value"] <= MAX_VS_CLOCK_FLOOR
-    unmatched = rows["twinweave_unmatched"]
+    unmatched, bare = rows["twinweave_unmatched"], rows["bare"]
     ratios["unmatched_vs_bare"] = dict(
         _ratio(
             {"ns": unmatched["mean_ns"], "sem_ns": unmatched["sem_ns"]},
@@ -928,6 +831,18 @@ def summarize(rows: dict[str, dict[str, Any]], unmatched_notes: dict[str, Any]) 
     )
     claim["unmatched_same_code"] = bool(unmatched_notes.get("same_code_object"))
     claim["holds"] = all(claim.values())
+    return ratios, claim
+
+
+def summarize(rows: dict[str, dict[str, Any]], unmatched_notes: dict[str, Any]) -> dict[str, Any]:
+    """Added costs and the claim's ratios from pyperf means of one run (``rows``: name -> stats).
+
+    Every row is compared with the ``bare`` and ``closure_decorator`` rows of its
+    kind (plain function, method, generator, coroutine; see :data:`KINDS`).
+    """
+    added, vs_baselines = _figures(rows)
+    floor = _difference(rows["perf_counter_ns_x2"], rows["empty_loop"])
+    ratios, claim = _claims(rows, added, floor, unmatched_notes)
     summary: dict[str, Any] = {
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
@@ -962,10 +877,6 @@ def summarize(rows: dict[str, dict[str, Any]], unmatched_notes: dict[str, Any]) 
     return summary
 
 
-def _verdict(ok: bool) -> str:
-    return "holds" if ok else "FAILS"
-
-
 def _row_order(names: Any) -> list[str]:
     """``names`` in table order: every known row in :data:`ALL_SETUPS` order, then the rest."""
     names = list(names)
@@ -973,19 +884,22 @@ def _row_order(names: Any) -> list[str]:
     return known + [name for name in names if name not in ALL_SETUPS]
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """The summary as a small text table."""
-    rows = summary["rows"]
-    bare = rows["bare"]["mean_ns"]
-    added = summary["added_vs_bare"]
-    vs = summary.get("vs_baselines", {})
-    ratios = summary["ratios"]
-    claim = summary["claim"]
-    choice = summary.get("backend_choice")
+def _missing(summary: dict[str, Any]) -> dict[str, str]:
+    """Row -> why it is missing, from the summary's ``name: missing: reason`` lines."""
     missing = {}
     for line in summary.get("missing", []):
         name, _, reason = line.partition(": ")
         missing[name] = reason[len("missing: ") :] if reason.startswith("missing: ") else reason
+    return missing
+
+
+def _table_lines(summary: dict[str, Any]) -> list[str]:
+    """The heading and one line per row (or its ``missing:`` line), by kind."""
+    rows = summary["rows"]
+    bare = rows["bare"]["mean_ns"]
+    added = summary["added_vs_bare"]
+    vs = summary.get("vs_baselines", {})
+    missing = _missing(summary)
     out: list[str] = [
         f"twinweave call overhead, {summary['implementation']} {summary['python']}: pyperf mean "
         f"(ns per call, +- sem), {summary['inner_loops']} calls per loop iteration; "
@@ -1020,6 +934,12 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{name:<28} {stats['mean_ns']:>9.1f} {stats['sem_ns']:>7.1f} "
             f"{x_bare:>7.2f} {x_deco} {extra} {deco}  {stats['description']}"
         )
+    return out
+
+
+def _figure_lines(summary: dict[str, Any]) -> list[str]:
+    """The added costs the claim is made of, each with its definition."""
+    added = summary["added_vs_bare"]
     figures = [
         (f"added({name})", f"{name} - bare", added[name])
         for name in (*CLAIM_ROWS, "closure_decorator")
@@ -1030,12 +950,17 @@ def format_summary(summary: dict[str, Any]) -> str:
         figures.append(
             ("added(python path)", "twinweave_timing_python - bare", summary["python_path_added"])
         )
-    out.append("")
-    for label, definition, figure in figures:
-        out.append(
-            f"{label:<29} = {definition:<34} = {figure['ns']:7.1f} ns +- {figure['sem_ns']:.1f}"
-        )
-    out.append("")
+    return [
+        f"{label:<29} = {definition:<34} = {figure['ns']:7.1f} ns +- {figure['sem_ns']:.1f}"
+        for label, definition, figure in figures
+    ]
+
+
+def _claim_lines(summary: dict[str, Any]) -> list[str]:
+    """Each ratio of the claim with its limit and verdict, the unmatched check, the backend."""
+    ratios = summary["ratios"]
+    claim = summary["claim"]
+    out: list[str] = []
     for row in CLAIM_ROWS:
         for kind_name, against in (
             ("decorator", "added(decorator)"),
@@ -1048,7 +973,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             text = f"added({row}) / {against}"
             out.append(
                 f"{text:<52} = {ratio['value']:5.2f} +- {ratio['sem']:.2f}"
-                f"  (claim <= {ratio['limit']:g}): {_verdict(claim[key])}"
+                f"  (claim <= {ratio['limit']:g}): {verdict(claim[key])}"
             )
     unmatched = summary["unmatched"]
     ratio = ratios["unmatched_vs_bare"]
@@ -1056,15 +981,23 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{'twinweave_unmatched / bare':<52} = {ratio['value']:5.3f} +- {ratio['sem']:.3f}"
         f"  (same code object as compiled: {unmatched.get('same_code_object')}, "
         f"module was woven: {unmatched.get('module_was_woven')}): "
-        f"{_verdict(claim['unmatched_same_code'])}",
-        f"claim on this Python: {_verdict(claim['holds'])}",
+        f"{verdict(claim['unmatched_same_code'])}",
+        f"claim on this Python: {verdict(claim['holds'])}",
     ]
+    choice = summary.get("backend_choice")
     if choice is not None:
         out.append(
             f"--backend auto: bytecode {choice['bytecode_ns']:.1f} ns vs monitoring "
             f"{choice['monitoring_ns']:.1f} ns per call: {choice['faster']} is faster"
         )
-    return "\n".join(out)
+    return out
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as a small text table: the rows, the figures, the claim."""
+    return "\n".join(
+        [*_table_lines(summary), "", *_figure_lines(summary), "", *_claim_lines(summary)]
+    )
 
 
 def unmatched_notes() -> dict[str, Any]:
@@ -1084,22 +1017,27 @@ pyperf's ``--fast`` always runs 10 worker processes per row (and overrides
 """
 
 
+RUN_OPTIONS: dict[str, Any] = {
+    "unit": "ns",
+    "stdev": True,
+    "quick_note": " (pyperf's --fast, fewer processes)",
+}
+"""How :func:`benchmarks._pyperf.run_script` reports these rows (live.py's per-call rows too)."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    measured = run_rows(
+    return run_script(
         "twinweave: per-call overhead of the timing probe",
-        list(SETUPS),
+        SETUPS,
         time_row,
         INNER_LOOPS,
         DESCRIPTIONS,
         QUICK_ARGS,
         argv,
-        " (pyperf's --fast, fewer processes)",
+        lambda rows: summarize(rows, unmatched_notes()),
+        format_summary,
+        **RUN_OPTIONS,
     )
-    if measured is None:
-        return 0
-    results, args = measured
-    rows = {name: _stats(bench) for name, bench in results.items()}
-    return finish(summarize(rows, unmatched_notes()), args, format_summary)
 
 
 if __name__ == "__main__":

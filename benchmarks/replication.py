@@ -48,6 +48,10 @@ from pathlib import Path
 from typing import Any
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:  # run as a script: benchmarks/ is on the path, not the project
+    sys.path.insert(0, _REPO)
+from benchmarks._nodes import BenchError, node_env, spawn, wait_for  # noqa: E402
+
 ADAPTER = os.path.join(_REPO, "benchmarks", "replication_adapter.py")
 ECHO = os.path.join(_REPO, "benchmarks", "roundtrip_echo.py")
 DELAY_MS = 200  # heartbeats; short, so that a cluster forms in about a second
@@ -71,10 +75,6 @@ FLOOR_ACK = 64
 FLOOR_TRIPS = 5000
 
 
-class BenchError(RuntimeError):
-    """A cluster could not be measured; the message says what was missing."""
-
-
 class Cluster:
     """The nodes of one scenario: one name, one port, one folder; all killed at the end."""
 
@@ -85,14 +85,7 @@ class Cluster:
         self.token = uuid.uuid4().hex[:6]
         self.port = random.randint(20000, 60000)
         self.popens: dict[str, subprocess.Popen] = {}
-        self.env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("TWINWEAVE_", "AGENT_"))
-        }
-        self.env["XDG_CACHE_HOME"] = str(self.dir / "xdg")
-        # the nodes find `agent`, `cache` and `cluster` even when the project is not installed
-        self.env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (_REPO, os.environ.get("PYTHONPATH")) if p
-        )
+        self.env = node_env(self.dir / "xdg")
 
     def log(self, name: str) -> Path:
         return self.dir / f"{name}.log"
@@ -113,27 +106,11 @@ class Cluster:
         for setting in settings:
             command += ["-D", setting]
         command += [ADAPTER, *args]
-        with open(self.log(name), "wb") as out:
-            popen = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.dir,
-                env=self.env,
-            )
-        self.popens[name] = popen
+        popen = self.popens[name] = spawn(command, self.log(name), self.dir, self.env)
         return popen
 
     def wait(self, what: str, probe: Any, timeout: float) -> Any:
-        limit = time.monotonic() + timeout
-        while True:
-            value = probe()
-            if value:
-                return value
-            if time.monotonic() > limit:
-                raise BenchError(f"no {what} after {timeout:.0f} s\n{self.logs()}")
-            time.sleep(0.02)
+        return wait_for(what, probe, timeout, 0.02, self.logs)
 
     def logs(self) -> str:
         parts = []

@@ -97,16 +97,7 @@ def timed_writes(
     wall = time.perf_counter() - started
     cpu = cpu_per_write(cpu_before, cpu_seconds(pids or {}), writes)
     merged = sorted(ns for out in latencies for ns in out)
-    return {
-        "cpu_us_per_write": cpu,
-        "threads": threads,
-        "writes": writes,
-        "wall_s": wall,
-        "per_s": writes / wall,
-        "p50_ms": _rank(merged, 0.50) / 1e6,
-        "p99_ms": _rank(merged, 0.99) / 1e6,
-        "max_ms": merged[-1] / 1e6,
-    }
+    return {"cpu_us_per_write": cpu, **_batch_figures(threads, writes, wall, merged)}
 
 
 def timed_batches(store: Any, prefix: str, writes: int, batch: int) -> dict[str, Any]:
@@ -123,15 +114,19 @@ def timed_batches(store: Any, prefix: str, writes: int, batch: int) -> dict[str,
         store.set_many(group)
         latencies.append(clock() - began)
     wall = time.perf_counter() - started
-    merged = sorted(latencies)
+    return _batch_figures(1, writes, wall, sorted(latencies))
+
+
+def _batch_figures(threads: int, writes: int, wall: float, ordered: list[int]) -> dict[str, Any]:
+    """A batch's throughput and latencies (``ordered``: every write's, in ns, sorted)."""
     return {
-        "threads": 1,
+        "threads": threads,
         "writes": writes,
         "wall_s": wall,
         "per_s": writes / wall,
-        "p50_ms": _rank(merged, 0.50) / 1e6,
-        "p99_ms": _rank(merged, 0.99) / 1e6,
-        "max_ms": merged[-1] / 1e6,
+        "p50_ms": _rank(ordered, 0.50) / 1e6,
+        "p99_ms": _rank(ordered, 0.99) / 1e6,
+        "max_ms": ordered[-1] / 1e6,
     }
 
 

@@ -81,6 +81,8 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:  # run as a script: benchmarks/ is on the path, not the project
     sys.path.insert(0, _REPO)
 from benchmarks import procstat  # noqa: E402
+from benchmarks._nodes import BenchError, node_env, spawn, wait_for  # noqa: E402
+from benchmarks._report import verdict  # noqa: E402
 
 ADAPTER = os.path.join(_REPO, "benchmarks", "takeover_adapter.py")
 NODE_START_TIMEOUT_S = 30.0  # a join window at the default delay is 5 s: room for a slow host
@@ -116,10 +118,6 @@ class Node:
         return procstat.cpu_seconds(self.popen.pid)
 
 
-class BenchError(RuntimeError):
-    """A run could not be measured; the message says what was missing."""
-
-
 class Cluster:
     """The nodes of one run: one cluster name, one port, one timeline; killed at the end."""
 
@@ -143,14 +141,7 @@ class Cluster:
         self.options: list[str] = []  # the bootstrap's own, before the settings
         self.failover = True  # False: the program alone under the agent, no cluster
         self.nodes: dict[str, Node] = {}
-        self.env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("TWINWEAVE_", "AGENT_"))
-        }
-        self.env["XDG_CACHE_HOME"] = str(self.dir / "cache")
-        # the nodes find `agent` and `cluster` even when the project is not installed
-        self.env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (_REPO, os.environ.get("PYTHONPATH")) if p
-        )
+        self.env = node_env(self.dir / "cache")
 
     def start(self, node_id: str) -> Node:
         settings = [
@@ -169,16 +160,7 @@ class Cluster:
                 command += ["-D", setting]
         command += self.program
         log = self.dir / f"{node_id}.log"
-        with open(log, "wb") as out:
-            popen = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.dir,
-                env=self.env,
-            )
-        node = self.nodes[node_id] = Node(node_id, popen, log)
+        node = self.nodes[node_id] = Node(node_id, spawn(command, log, self.dir, self.env), log)
         return node
 
     def starts(self) -> list[tuple[str, int, float]]:
@@ -194,14 +176,7 @@ class Cluster:
         return found
 
     def wait(self, what: str, probe: Any, timeout: float) -> Any:
-        limit = time.monotonic() + timeout
-        while True:
-            value = probe()
-            if value:
-                return value
-            if time.monotonic() > limit:
-                raise BenchError(f"no {what} after {timeout:.0f} s\n{self.logs()}")
-            time.sleep(0.005)
+        return wait_for(what, probe, timeout, 0.005, self.logs)
 
     def wait_master(self, after: float = -math.inf, timeout: float = NODE_START_TIMEOUT_S):
         return self.wait(
@@ -412,10 +387,6 @@ def _ms(value: float | None) -> str:
     return "inf" if math.isinf(value) else f"{value * 1000:.1f}"
 
 
-def _verdict(ok: bool) -> str:
-    return "holds" if ok else "FAILS"
-
-
 def report(results: dict[str, Any]) -> str:
     s = results["settings"]
     out = [
@@ -447,7 +418,7 @@ def report(results: dict[str, Any]) -> str:
             measured = f"p99 {_ms(f['p99_s'])} ms"
             if f.get("median_bound_s") is not None:
                 measured = f"median {_ms(f['median_s'])} ms, {measured}"
-            out.append(f"{name}: {f['bound']}: {measured}{extra}: {_verdict(f['holds'])}")
+            out.append(f"{name}: {f['bound']}: {measured}{extra}: {verdict(f['holds'])}")
     cpu = results.get("cpu")
     if cpu is not None:
         if "error" in cpu:
@@ -457,7 +428,7 @@ def report(results: dict[str, Any]) -> str:
             out.append(
                 f"heartbeat CPU at delay 1000 ms, retries 5, over {cpu['wall_s']:.1f} s: "
                 f"master {pct['master']:.3f} %, slave {pct['slave']:.3f} % of one core "
-                f"(target < {cpu['target_percent']:g} % per node): {_verdict(cpu['holds'])}"
+                f"(target < {cpu['target_percent']:g} % per node): {verdict(cpu['holds'])}"
             )
             if cpu.get("etcd_requests_per_node_s") is not None:
                 out.append(

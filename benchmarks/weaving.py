@@ -129,7 +129,7 @@ from agent.runtime import Agent  # noqa: E402
 from agent.weaving.codecache import CodeCache  # noqa: E402
 from agent.weaving.rewrite import probe_of  # noqa: E402
 from benchmarks import weaving_child as child  # noqa: E402
-from benchmarks._pyperf import add_options, expand_quick, finish, mean_sem  # noqa: E402
+from benchmarks._pyperf import add_options, bench_stats, expand_quick, finish  # noqa: E402
 
 IMPORTS = (
     "unittest",
@@ -561,11 +561,6 @@ def time_warm(loops: int) -> float:
 # -- the summary -----------------------------------------------------------------------------
 
 
-def _stats(bench: Any) -> dict[str, float]:
-    mean, sem, count = mean_sem(bench)
-    return {"mean": mean, "sem": sem, "values": count}
-
-
 def _row(
     name: str,
     value: float,
@@ -619,13 +614,13 @@ def package_facts(spec: Spec) -> dict[str, Any]:
     return facts
 
 
-def summarize(stats: dict[str, dict[str, float]], spec: Spec) -> dict[str, Any]:
-    """The rows of the summary (the suite's shape) from pyperf's results of this run."""
-    facts = package_facts(spec)
+Missing = list[dict[str, str]]
+"""The summary's ``missing`` entries: ``{"name": row, "reason": why}``."""
+
+
+def _import_rows(stats: dict[str, dict[str, float]], missing: Missing) -> list[dict[str, Any]]:
+    """The cold imports in ms, each against ``import_agent_off``, then what each variant adds."""
     rows: list[dict[str, Any]] = []
-    missing = [
-        {"name": IMPORT_ROWS[variant], "reason": reason} for variant, reason in spec.missing.items()
-    ]
     off = stats.get(IMPORT_ROWS["off"])
     for variant in VARIANTS:
         name = IMPORT_ROWS[variant]
@@ -662,6 +657,12 @@ def summarize(stats: dict[str, dict[str, float]], spec: Spec) -> dict[str, Any]:
                 sem=math.hypot(stats[name]["sem"], off["sem"]) * 1e3,
             )
         )
+    return rows
+
+
+def _package_rows(facts: dict[str, Any], missing: Missing) -> list[dict[str, Any]]:
+    """The package's modules and functions, and how many of them the everything import wove."""
+    rows: list[dict[str, Any]] = []
     rows.append(
         _row(
             "package_modules",
@@ -695,6 +696,14 @@ def summarize(stats: dict[str, dict[str, float]], spec: Spec) -> dict[str, Any]:
         )
     else:
         missing.append({"name": "functions_woven", "reason": "the everything variant did not run"})
+    return rows
+
+
+def _weave_rows(
+    stats: dict[str, dict[str, float]], woven: int | None, spec: Spec, missing: Missing
+) -> list[dict[str, Any]]:
+    """Weaving one function, cold (from the imports) and warm (the weave pass alone)."""
+    rows: list[dict[str, Any]] = []
     everything = stats.get(IMPORT_ROWS["everything"])
     nothing = stats.get(IMPORT_ROWS["nothing"])
     cold = None
@@ -730,6 +739,18 @@ def summarize(stats: dict[str, dict[str, float]], spec: Spec) -> dict[str, Any]:
         missing.append({"name": WARM_ROW, "reason": "the row did not run"})
     else:
         missing.append({"name": WARM_ROW, "reason": spec.missing["everything"]})
+    return rows
+
+
+def summarize(stats: dict[str, dict[str, float]], spec: Spec) -> dict[str, Any]:
+    """The rows of the summary (the suite's shape) from pyperf's results of this run."""
+    facts = package_facts(spec)
+    missing = [
+        {"name": IMPORT_ROWS[variant], "reason": reason} for variant, reason in spec.missing.items()
+    ]
+    rows = _import_rows(stats, missing)
+    rows += _package_rows(facts, missing)
+    rows += _weave_rows(stats, facts.get("woven"), spec, missing)
     children = [r["python"] for r in spec.reports.values() if "python" in r]
     return {
         "python": children[0] if children else platform.python_version(),
@@ -831,7 +852,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.worker or any(bench is None for bench in results.values()):
             return 0  # a worker, or a pyperf mode that measured nothing here
-        summary = summarize({name: _stats(b) for name, b in results.items()}, spec)
+        summary = summarize({name: bench_stats(b) for name, b in results.items()}, spec)
         return finish(summary, args, format_summary)
     finally:
         if workdir is not None:

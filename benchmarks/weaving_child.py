@@ -124,18 +124,15 @@ def join_points(code: object) -> list[object]:
     return found
 
 
-def functions_of(name: str) -> list[object]:
-    """The functions module ``name`` defines that can be reached from it.
+def reachable_functions(module: object, name: str, tables: bool = False) -> list[object]:
+    """The functions defined in ``module`` (their ``__module__`` is ``name``) reachable from it.
 
-    Module-level functions and the functions of its classes (any depth),
-    including static and class methods and property accessors, whose code comes
-    from the module's own file (``collections.abc`` re-exports functions that
-    ``_collections_abc`` defines: they are not its own).
+    Module-level functions and the functions of its classes (any depth), including
+    static and class methods and property accessors; with ``tables``, also those held
+    in the dicts, lists and tuples it (or a class of it) holds.
     """
     from types import FunctionType
 
-    module = sys.modules[name]
-    filename = getattr(module, "__file__", None)
     found: list[object] = []
     seen: set[int] = set()
     stack = list(vars(module).values())
@@ -149,11 +146,31 @@ def functions_of(name: str) -> list[object]:
         elif isinstance(obj, property):
             stack.extend(f for f in (obj.fget, obj.fset, obj.fdel) if f is not None)
         elif isinstance(obj, FunctionType):
-            if obj.__module__ == name and obj.__code__.co_filename == filename:
+            if obj.__module__ == name:
                 found.append(obj)
         elif isinstance(obj, type) and obj.__module__ == name:
             stack.extend(vars(obj).values())
+        elif tables and isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif tables and isinstance(obj, (list, tuple)):
+            stack.extend(obj)
     return found
+
+
+def functions_of(name: str) -> list[object]:
+    """The functions module ``name`` defines that can be reached from it.
+
+    Those of :func:`reachable_functions` whose code comes from the module's own file
+    (``collections.abc`` re-exports functions that ``_collections_abc`` defines: they
+    are not its own).
+    """
+    module = sys.modules[name]
+    filename = getattr(module, "__file__", None)
+    return [
+        function
+        for function in reachable_functions(module, name)
+        if function.__code__.co_filename == filename  # type: ignore[attr-defined]
+    ]
 
 
 def module_report(name: str, probe_of: object | None) -> dict[str, object]:

@@ -48,16 +48,12 @@ Each ``setup_<row>()`` builds one row and returns a :class:`Variant`;
 
 from __future__ import annotations
 
-import atexit
-import cProfile
-import functools
 import importlib.machinery
 import importlib.util
 import math
 import os
 import platform
 import sys
-import time
 import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -73,12 +69,10 @@ from agent.plugins.timing import TimingPlugin  # noqa: E402
 from agent.pointcuts import load as load_pointcuts  # noqa: E402
 from agent.runtime import Agent  # noqa: E402
 from agent.weaving.rewrite import is_join_point, probe_of  # noqa: E402
-from benchmarks._pyperf import (  # noqa: E402
-    finish,
-    mean_sem,
-    noop_monitoring,
-    run_rows,
-)
+from benchmarks import _pyperf  # noqa: E402
+from benchmarks._pyperf import make_loop, nothing, row_timer, run_hooked, run_script  # noqa: E402
+from benchmarks._report import verdict  # noqa: E402
+from benchmarks.weaving_child import reachable_functions  # noqa: E402
 
 SERVICE_MODULE = "workload_service"
 """The name the workload module is loaded (and matched by the pointcut files) under."""
@@ -111,33 +105,26 @@ depend on timing at all.
 CONTEXT = AgentContext(python=platform.python_version(), backend="bytecode", report=None)
 
 
-def _nothing() -> None:
-    """The hook of rows that have nothing to do there."""
-
-
 @dataclass
 class Variant:
     """One row, ready to time: the timed loop runs ``adapter.process(payloads)`` per iteration.
 
-    ``before`` runs right before the timed window opens and ``after`` right after
-    it closes (the profiler rows switch their profiler on and off there);
-    ``on_clock`` runs at the end of each value *inside* the timed window (the agent
-    rows drain there, so every duration recorded during a value is drained and paid
-    for within it); ``off_clock`` runs after the window; ``close`` ends the row.
-    ``module`` is the row's own copy of the workload module, ``adapter`` the
-    adapter it built (fresh for the row, so its producer's digest and counts
-    describe what the row processed).
+    ``before``, ``after``, ``on_clock``, ``off_clock`` and ``close`` are the hooks of
+    :class:`benchmarks._pyperf.Hooked` (the agent rows drain on the clock, the
+    profiler rows switch their profiler around the window). ``module`` is the row's
+    own copy of the workload module, ``adapter`` the adapter it built (fresh for the
+    row, so its producer's digest and counts describe what the row processed).
     """
 
     name: str
     module: types.ModuleType
     adapter: Any
     payloads: list[str]
-    before: Callable[[], Any] = _nothing
-    after: Callable[[], Any] = _nothing
-    on_clock: Callable[[], Any] = _nothing
-    off_clock: Callable[[], Any] = _nothing
-    close: Callable[[], Any] = _nothing
+    before: Callable[[], Any] = nothing
+    after: Callable[[], Any] = nothing
+    on_clock: Callable[[], Any] = nothing
+    off_clock: Callable[[], Any] = nothing
+    close: Callable[[], Any] = nothing
     agent: Agent | None = None
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -227,32 +214,6 @@ def _functions_in(code: types.CodeType, qualname: str = "") -> dict[str, types.C
     return found
 
 
-def _live_functions(module: types.ModuleType) -> list[types.FunctionType]:
-    """Functions reachable from the module: top level, in classes, tables and descriptors."""
-    found: list[types.FunctionType] = []
-    seen: set[int] = set()
-    stack: list[Any] = list(vars(module).values())
-    while stack:
-        obj = stack.pop()
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, (staticmethod, classmethod)):
-            stack.append(obj.__func__)
-        elif isinstance(obj, property):
-            stack.extend(f for f in (obj.fget, obj.fset, obj.fdel) if f is not None)
-        elif isinstance(obj, types.FunctionType):
-            if obj.__module__ == module.__name__:
-                found.append(obj)
-        elif isinstance(obj, type) and obj.__module__ == module.__name__:
-            stack.extend(vars(obj).values())
-        elif isinstance(obj, dict):
-            stack.extend(obj.values())
-        elif isinstance(obj, (list, tuple)):
-            stack.extend(obj)
-    return found
-
-
 def weaving_notes(loaded: Loaded) -> dict[str, Any]:
     """What the agent wove in ``loaded`` and whether everything else kept its compiled code.
 
@@ -267,7 +228,7 @@ def weaving_notes(loaded: Loaded) -> dict[str, Any]:
     matched = sorted(key for key, code in woven.items() if probe_of(code) is not None)
     unmatched = [key for key in compiled if key not in matched]
     same = [key for key in unmatched if woven.get(key) is compiled[key]]
-    live = _live_functions(loaded.module)
+    live = reachable_functions(loaded.module, loaded.module.__name__, tables=True)
     live_ok = 0
     for function in live:
         key = f"{function.__qualname__}:{function.__code__.co_firstlineno}"
@@ -338,39 +299,20 @@ def setup_agent_all_matched() -> Variant:
     return _agent_row("agent_all_matched", ALL_POINTCUTS)
 
 
-def _noop_profile(frame: Any, event: str, arg: Any) -> None:
-    """A ``sys.setprofile`` function that does nothing."""
+def _bare_under(name: str, instrument: _pyperf.Instrument) -> Variant:
+    """The bare adapter, run under a profiler ``instrument`` of :mod:`benchmarks._pyperf`."""
+    module = load_service().module
+    return Variant(name, module, module.Adapter(), payloads(), **instrument._asdict())
 
 
 def setup_setprofile_noop() -> Variant:
     """The bare adapter, ``sys.setprofile(<no-op>)`` on around the timed window only."""
-    module = load_service().module
-    off = functools.partial(sys.setprofile, None)
-    return Variant(
-        "setprofile_noop",
-        module,
-        module.Adapter(),
-        payloads(),
-        before=functools.partial(sys.setprofile, _noop_profile),
-        after=off,
-        close=off,
-    )
+    return _bare_under("setprofile_noop", _pyperf.setprofile_noop())
 
 
 def setup_cprofile() -> Variant:
     """The bare adapter, a ``cProfile.Profile`` enabled around the timed window only."""
-    module = load_service().module
-    profiler = cProfile.Profile()
-    return Variant(
-        "cprofile",
-        module,
-        module.Adapter(),
-        payloads(),
-        before=profiler.enable,
-        after=profiler.disable,
-        close=profiler.disable,
-        notes={"profiler": profiler},
-    )
+    return _bare_under("cprofile", _pyperf.cprofile())
 
 
 MONITORING_TOOL_NAME = "twinweave-workload-noop"
@@ -383,38 +325,10 @@ def setup_monitoring_noop() -> Variant:
     free tool id, switched on right before the timed window and off right after
     it; the callbacks return ``None`` (not ``DISABLE``), so they fire on every call.
     """
-    mon = sys.monitoring  # type: ignore[attr-defined]
-    tool, release = noop_monitoring(MONITORING_TOOL_NAME)
-    on = functools.partial(mon.set_events, tool, mon.events.PY_START | mon.events.PY_RETURN)
-    off = functools.partial(mon.set_events, tool, 0)
-
-    def close() -> None:
-        if mon.get_tool(tool) == MONITORING_TOOL_NAME:
-            off()
-            release()
-
-    module = load_service().module
-    return Variant(
-        "monitoring_noop",
-        module,
-        module.Adapter(),
-        payloads(),
-        before=on,
-        after=off,
-        close=close,
-        notes={"tool_id": tool},
-    )
+    return _bare_under("monitoring_noop", _pyperf.monitoring_noop(MONITORING_TOOL_NAME))
 
 
-def missing_rows() -> dict[str, str]:
-    """Rows this interpreter cannot measure, and why."""
-    missing: dict[str, str] = {}
-    if sys.version_info < (3, 12):
-        missing["monitoring_noop"] = "sys.monitoring exists from Python 3.12"
-    return missing
-
-
-MISSING = missing_rows()
+MISSING = _pyperf.monitoring_missing("monitoring_noop")
 """Rows this interpreter cannot measure, and why (each gets a ``missing:`` line)."""
 
 ALL_SETUPS: dict[str, Callable[[], Variant]] = {
@@ -447,60 +361,26 @@ DESCRIPTIONS = {
 # -- the timed loop ------------------------------------------------------------------------------
 
 
-def timed_loop(
-    loops: int,
-    process: Callable[[list[str]], Any],
-    batch: list[str],
-    on_clock: Callable[[], Any],
-    off_clock: Callable[[], Any],
-    before: Callable[[], Any],
-    after: Callable[[], Any],
-) -> float:
-    """Seconds for ``loops`` calls of ``process(batch)``, the hooks where :class:`Variant` says."""
-    it = range(loops)
-    clock = time.perf_counter
-    before()
-    t0 = clock()
-    for _ in it:
-        process(batch)
-    on_clock()
-    elapsed = clock() - t0
-    after()
-    off_clock()
-    return elapsed
+_LOOP = make_loop("fn(arg)", 1)
+"""The timed loop: ``process(batch)`` once per iteration (a batch is already long)."""
 
 
 def run_variant(variant: Variant, loops: int, process: Callable[..., Any] | None = None) -> float:
     """Time ``loops`` batches of ``variant`` (``process`` replaces the adapter's, for tests)."""
-    return timed_loop(
-        loops,
-        variant.adapter.process if process is None else process,
-        variant.payloads,
-        variant.on_clock,
-        variant.off_clock,
-        variant.before,
-        variant.after,
-    )
+    process = variant.adapter.process if process is None else process
+    return run_hooked(_LOOP, loops, process, variant.payloads, variant)
 
 
-_live: dict[str, Variant] = {}
+def _prepare(name: str) -> tuple[Variant, Callable[[int], float]]:
+    variant = SETUPS[name]()
+    return variant, lambda loops: run_variant(variant, loops)
 
 
-def time_row(loops: int, name: str) -> float:
-    """pyperf's time function: set the row up on first use in this worker, then time it."""
-    variant = _live.get(name)
-    if variant is None:
-        variant = _live[name] = SETUPS[name]()
-        atexit.register(variant.close)
-    return run_variant(variant, loops)
+time_row = row_timer(_prepare)
+"""pyperf's time function: set the row up on first use in this worker, then time it."""
 
 
 # -- the summary -----------------------------------------------------------------------------------
-
-
-def _stats(bench: Any) -> dict[str, Any]:
-    mean, sem, count = mean_sem(bench)
-    return {"mean_us": mean * 1e6, "sem_us": sem * 1e6, "values": count}
 
 
 def count_calls(variant: Variant) -> float:
@@ -564,8 +444,8 @@ def _row(
     }
 
 
-def summarize(rows: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict[str, Any]:
-    """Rows, ratios and the claims from pyperf means of one run (``rows``: name -> stats)."""
+def _timed_rows(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per measured row, in table order: us per message, its ratio to ``bare``."""
     bare = rows["bare"]
     out_rows: list[dict[str, Any]] = []
     for name in ALL_SETUPS:
@@ -582,66 +462,60 @@ def summarize(rows: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict[st
         added = stats["mean_us"] - bare["mean_us"]
         note = f"{DESCRIPTIONS[name]}; {noise}; {added:+.2f} us per message"
         out_rows.append(_row(name, stats["mean_us"], "us", "bare", ratio, note))
+    return out_rows
+
+
+def _fact_rows(facts: dict[str, Any]) -> list[dict[str, Any]]:
+    """The counted (untimed) rows: calls per message, what was woven and timed."""
     few = facts["agent_few_matched"]
     every = facts["agent_all_matched"]
-    out_rows += [
-        _row(
+    counted = [
+        (
             "python_calls_per_message",
             facts["python_calls_per_message"],
-            "count",
-            None,
-            None,
             "Python function calls and generator resumptions per message of the bare "
             "adapter (counted once with a profile function, untimed)",
         ),
-        _row(
+        (
             "few_matched_woven_functions",
             len(few["woven"]),
-            "count",
-            None,
-            None,
             f"of {few['functions']} functions in the module: {', '.join(few['woven'])}",
         ),
-        _row(
+        (
             "few_matched_timed_calls_per_message",
             few["timed_calls_per_message"],
-            "count",
-            None,
-            None,
             "calls the timing plugin recorded per message in agent_few_matched",
         ),
-        _row(
+        (
             "few_matched_unmatched_same_code",
             few["unmatched_same_code"],
-            "count",
-            None,
-            None,
             f"of {few['unmatched']} unmatched functions run the compiler's own code object; "
             f"{few['live_as_expected']} of {few['live_functions']} functions reachable from "
             "the module run the code expected (woven if matched, else the compiled object)",
         ),
-        _row(
+        (
             "all_matched_woven_functions",
             len(every["woven"]),
-            "count",
-            None,
-            None,
             f"of {every['functions']} functions in the module",
         ),
-        _row(
+        (
             "all_matched_timed_calls_per_message",
             every["timed_calls_per_message"],
-            "count",
-            None,
-            None,
             "calls the timing plugin recorded per message in agent_all_matched",
         ),
     ]
-    ratio = rows["agent_few_matched"]["mean_us"] / bare["mean_us"]
+    return [_row(name, value, "count", None, None, note) for name, value, note in counted]
+
+
+def _claims(rows: dict[str, dict[str, Any]], facts: dict[str, Any]) -> list[dict[str, Any]]:
+    """The three claims (full speed, compiled code kept, same output), each with its verdict."""
+    few = facts["agent_few_matched"]
+    every = facts["agent_all_matched"]
+    ratio = rows["agent_few_matched"]["mean_us"] / rows["bare"]["mean_us"]
     speed_ok = ratio <= FULL_SPEED_BOUND
     same_ok = bool(few["same_code_object"]) and few["unmatched"] > 0
     output_ok = bool(few["same_output"] and every["same_output"])
-    claims = [
+    return [
         {
             "text": f"with a few functions matched ({len(few['woven'])} of {few['functions']} "
             f"woven), the workload runs at full speed: agent_few_matched / bare <= "
@@ -660,6 +534,10 @@ def summarize(rows: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict[st
             "holds": output_ok,
         },
     ]
+
+
+def summarize(rows: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict[str, Any]:
+    """Rows, ratios and the claims from pyperf means of one run (``rows``: name -> stats)."""
     return {
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
@@ -669,24 +547,23 @@ def summarize(rows: dict[str, dict[str, Any]], facts: dict[str, Any]) -> dict[st
         "seed": SEED,
         "bound": FULL_SPEED_BOUND,
         "timing_path": speedups.CLOCK if speedups.available() else "python",
-        "rows": out_rows,
+        "rows": _timed_rows(rows) + _fact_rows(facts),
         "missing": [{"name": name, "reason": reason} for name, reason in MISSING.items()],
-        "claims": claims,
-        "weaving": {"agent_few_matched": few, "agent_all_matched": every},
+        "claims": _claims(rows, facts),
+        "weaving": {
+            "agent_few_matched": facts["agent_few_matched"],
+            "agent_all_matched": facts["agent_all_matched"],
+        },
         "stats": rows,
     }
-
-
-def _verdict(ok: bool) -> str:
-    return "holds" if ok else "FAILS"
 
 
 def _count(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """The summary as a small text table."""
+def _table_lines(summary: dict[str, Any]) -> list[str]:
+    """The heading and one line per row (or its ``missing:`` line)."""
     stats = summary.get("stats", {})
     out = [
         f"twinweave untargeted cost, {summary['implementation']} {summary['python']}: the order "
@@ -713,24 +590,37 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{name:<18} {row['value']:>8.2f} {sem:>6.2f} {ratio:>7.3f} {added}  "
             f"{DESCRIPTIONS[name]}"
         )
+    return out
+
+
+def _fact_lines(summary: dict[str, Any]) -> list[str]:
+    """Calls per message, counted and timed, and what each agent row wove."""
     facts = {row["name"]: row for row in summary["rows"] if row["unit"] == "count"}
     few = summary["weaving"]["agent_few_matched"]
     every = summary["weaving"]["agent_all_matched"]
     calls = facts["python_calls_per_message"]["value"]
-    out += [
-        "",
+    return [
         f"per message: {_count(calls)} Python calls (bare, counted untimed); timed by the "
         f"agent: {_count(few['timed_calls_per_message'])} in agent_few_matched, "
         f"{_count(every['timed_calls_per_message'])} in agent_all_matched",
         f"agent_few_matched wove {len(few['woven'])} of {few['functions']} functions: "
         f"{', '.join(few['woven'])}; agent_all_matched wove {len(every['woven'])}",
-        "",
     ]
-    for claim in summary["claims"]:
-        out.append(f"{claim['text']}: {_verdict(claim['holds'])}")
+
+
+def _claim_lines(summary: dict[str, Any]) -> list[str]:
+    """Each claim with its verdict, then the verdict of them all."""
+    out = [f"{claim['text']}: {verdict(claim['holds'])}" for claim in summary["claims"]]
     holds = all(claim["holds"] for claim in summary["claims"])
-    out.append(f"claim on this Python: {_verdict(holds)}")
-    return "\n".join(out)
+    out.append(f"claim on this Python: {verdict(holds)}")
+    return out
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as a small text table: the rows, the counted facts, the claims."""
+    return "\n".join(
+        [*_table_lines(summary), "", *_fact_lines(summary), "", *_claim_lines(summary)]
+    )
 
 
 QUICK_ARGS = ("--processes", "3", "--values", "2")
@@ -738,20 +628,18 @@ QUICK_ARGS = ("--processes", "3", "--values", "2")
 
 
 def main(argv: list[str] | None = None) -> int:
-    measured = run_rows(
+    return run_script(
         "twinweave: untargeted cost on a realistic adapter",
-        list(SETUPS),
+        SETUPS,
         time_row,
         BATCH,
         DESCRIPTIONS,
         QUICK_ARGS,
         argv,
+        lambda rows: summarize(rows, structure()),
+        format_summary,
+        "us",
     )
-    if measured is None:
-        return 0
-    results, args = measured
-    rows = {name: _stats(bench) for name, bench in results.items()}
-    return finish(summarize(rows, structure()), args, format_summary)
 
 
 if __name__ == "__main__":

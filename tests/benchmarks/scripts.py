@@ -1,11 +1,15 @@
-"""Running a pyperf script of the suite end to end, as its smoke tests do."""
+"""What the smoke tests of the pyperf scripts share: a fixture per row, a run end to end."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any, Callable
+
+import pytest
 
 
 def run_quickest(
@@ -26,3 +30,26 @@ def run_quickest(
         cwd=cwd,
     )
     return done, summary_file
+
+
+def row_fixture(setups: Mapping[str, Callable[[], Any]]) -> Any:
+    """A fixture that builds each row of ``setups`` in turn (a test per row) and closes it."""
+
+    @pytest.fixture(params=sorted(setups))
+    def variant(request: pytest.FixtureRequest) -> Iterator[Any]:
+        built = setups[request.param]()
+        try:
+            yield built
+        finally:
+            built.close()
+
+    return variant
+
+
+def profiled_calls(profiler: Any, co_name: str) -> list[int]:
+    """The call counts ``profiler`` (a ``cProfile.Profile``) holds for code named ``co_name``."""
+    return [
+        entry.callcount
+        for entry in profiler.getstats()
+        if getattr(entry.code, "co_name", None) == co_name
+    ]

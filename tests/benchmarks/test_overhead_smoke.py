@@ -10,26 +10,19 @@ import importlib.util
 import json
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks import overhead
-from tests.benchmarks.scripts import run_quickest
+from benchmarks import _pyperf, overhead
+from tests.benchmarks.scripts import profiled_calls, row_fixture, run_quickest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "overhead.py"
 CALLS = 7
 
 
-@pytest.fixture(params=sorted(overhead.SETUPS))
-def variant(request: pytest.FixtureRequest) -> Iterator[Any]:
-    built = overhead.SETUPS[request.param]()
-    try:
-        yield built
-    finally:
-        built.close()
+variant = row_fixture(overhead.SETUPS)
 
 
 NEW_ROWS = (
@@ -191,7 +184,7 @@ def test_profiler_rows_are_on_only_around_the_timed_loop() -> None:
         loop = overhead.make_loop("fn(arg); seen(_getprofile())", inner=1)
         loop.__globals__.update(_getprofile=sys.getprofile, seen=seen.append)
         overhead.run_variant(variant, loop, 2)
-        assert seen == [overhead._noop_profile] * 2
+        assert seen == [_pyperf.noop_profile] * 2
         assert sys.getprofile() is None
     finally:
         variant.close()
@@ -199,12 +192,7 @@ def test_profiler_rows_are_on_only_around_the_timed_loop() -> None:
     try:
         overhead.run_variant(variant, overhead.make_loop(variant.body, inner=3), 2)
         profiler = variant.notes["profiler"]
-        calls = [
-            entry.callcount
-            for entry in profiler.getstats()
-            if getattr(entry.code, "co_name", None) == "f"
-        ]
-        assert calls == [6]
+        assert profiled_calls(profiler, "f") == [6]
     finally:
         variant.close()
 

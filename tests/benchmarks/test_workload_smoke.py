@@ -11,27 +11,21 @@ import importlib.util
 import json
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from benchmarks import workload
-from tests.benchmarks.scripts import run_quickest
+from benchmarks import _pyperf, workload
+from benchmarks.weaving_child import reachable_functions
+from tests.benchmarks.scripts import profiled_calls, row_fixture, run_quickest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "workload.py"
 LOOPS = 2
 
 
-@pytest.fixture(params=sorted(workload.SETUPS))
-def variant(request: pytest.FixtureRequest) -> Iterator[Any]:
-    built = workload.SETUPS[request.param]()
-    try:
-        yield built
-    finally:
-        built.close()
+variant = row_fixture(workload.SETUPS)
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +175,7 @@ def test_bare_and_profiler_rows_load_the_module_without_an_agent() -> None:
         try:
             assert variant.agent is None
             module = variant.module
-            for function in workload._live_functions(module):
+            for function in reachable_functions(module, module.__name__, tables=True):
                 assert workload.probe_of(function.__code__) is None, function.__qualname__
         finally:
             variant.close()
@@ -197,7 +191,7 @@ def test_profilers_are_on_only_around_the_timed_window() -> None:
             variant.adapter.process(batch[:3])
 
         workload.run_variant(variant, LOOPS, spy)
-        assert seen == [workload._noop_profile] * LOOPS
+        assert seen == [_pyperf.noop_profile] * LOOPS
         assert sys.getprofile() is None
     finally:
         variant.close()
@@ -206,17 +200,9 @@ def test_profilers_are_on_only_around_the_timed_window() -> None:
     try:
         workload.run_variant(variant, LOOPS)
         profiler = variant.notes["profiler"]
-
-        def on_message_calls() -> list[int]:
-            return [
-                entry.callcount
-                for entry in profiler.getstats()
-                if getattr(entry.code, "co_name", None) == "on_message"
-            ]
-
-        assert on_message_calls() == [LOOPS * workload.BATCH]
+        assert profiled_calls(profiler, "on_message") == [LOOPS * workload.BATCH]
         variant.process()  # outside the window: not profiled
-        assert on_message_calls() == [LOOPS * workload.BATCH]
+        assert profiled_calls(profiler, "on_message") == [LOOPS * workload.BATCH]
     finally:
         variant.close()
 
