@@ -401,7 +401,7 @@ class Election:
         horizon = now - self.timing.window - self.timing.slack
         return [p for p in self.peers.values() if p.heard >= horizon and not p.resigned]
 
-    # -- transitions ---------------------------------------------------------------------
+    # -- packets (_ON_HEARTBEAT): what each state does with a heartbeat heard -----------
 
     def _hears_master(self, peer: Peer, now: float, actions: list[Action]) -> None:
         """JOINING or CANDIDATE hears a master: follow it, unless a newer epoch exists."""
@@ -487,14 +487,12 @@ class Election:
 
     def _fire_deadlines(self, now: float, actions: list[Action]) -> None:
         """Make every transition whose time has come, from state to state."""
-        fired = True
-        while fired:
-            fired = False
-            for deadline in _DEADLINES[self.state]:
-                if now >= getattr(self, deadline.due)(now):
-                    getattr(self, deadline.fire)(now, actions)
-                    fired = True
-                    break
+        while True:
+            rows = _DEADLINES[self.state]
+            passed = next((d for d in rows if now >= getattr(self, d.due)(now)), None)
+            if passed is None:
+                return
+            getattr(self, passed.fire)(now, actions)
 
     # -- helpers -------------------------------------------------------------------------
 
