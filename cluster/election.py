@@ -8,6 +8,11 @@ Because of that, whole clusters run in tests on a simulated clock and network
 (``tests/cluster/simnet.py``), with loss, delay, duplication, partitions and
 paused processes, hundreds of scenarios a second.
 
+The rules are data, at the top: ``_ON_HEARTBEAT`` says what each state does with
+each role heard, ``_DEADLINES`` which transitions time makes in each state; the
+clock (:meth:`Election.tick`) and the wake-up it asks for (:attr:`Election.deadline`)
+both read the second.
+
 Theory of operation
 -------------------
 Every node multicasts a heartbeat every ``delay``: its role, the epoch it holds
