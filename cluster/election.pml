@@ -435,9 +435,9 @@ inline promote(i) {
 	if :: pe > MAXE && !quiet -> pruned = 1 :: else fi
 }
 
-/* -- Election: transitions (_TRANSITIONS) ------------------------------------------ */
+/* -- Election: transitions (_ON_HEARTBEAT) ----------------------------------------- */
 
-/* _on_master_heartbeat: (JOINING|SLAVE|CANDIDATE, MASTER) */
+/* _hears_master: (JOINING|CANDIDATE, MASTER); _slave_hears_master: (SLAVE, MASTER) */
 inline on_master_heartbeat(r, s) {
 	if
 	:: st[r] == SLAVE && mst[r] == s ->
@@ -463,7 +463,7 @@ inline on_master_heartbeat(r, s) {
 	fi
 }
 
-/* _on_leaving: (SLAVE, LEAVING) */
+/* _slave_hears_leaving: (SLAVE, LEAVING) */
 inline on_leaving(r, s) {
 	if
 	:: mst[r] == s ->

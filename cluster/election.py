@@ -8,6 +8,11 @@ Because of that, whole clusters run in tests on a simulated clock and network
 (``tests/cluster/simnet.py``), with loss, delay, duplication, partitions and
 paused processes, hundreds of scenarios a second.
 
+The rules are data, at the top: ``_ON_HEARTBEAT`` says what each state does with
+each role heard, ``_DEADLINES`` which transitions time makes in each state; the
+clock (:meth:`Election.tick`) and the wake-up it asks for (:attr:`Election.deadline`)
+both read the second.
+
 Theory of operation
 -------------------
 Every node multicasts a heartbeat every ``delay``: its role, the epoch it holds
@@ -122,6 +127,60 @@ class MasterLost(NamedTuple):
 Action = Union[Send, PersistEpoch, Promote, Demote, Follow, MasterLost]
 
 
+# -- the rules: what moves the machine, as data ------------------------------------------
+#
+# The entries name methods of :class:`Election` (below): the handler of a packet is
+# called as ``handler(peer, now, actions)``, a deadline's ``due(now)`` says when it passes
+# (``inf``: nothing pending) and ``fire(now, actions)`` is what then happens. A handler is
+# only ever called in the state it is listed under, so none of them checks the state.
+
+#: (state, role heard) -> handler; None: nothing happens. A STOPPED node hears nothing.
+#: Heartbeats from nodes with a newer epoch than a master's own are caught by
+#: _master_hears_node / _master_meets_master.
+_ON_HEARTBEAT: dict[tuple[State, Role], str | None] = {
+    (State.JOINING, Role.MASTER): "_hears_master",
+    (State.JOINING, Role.SLAVE): None,
+    (State.JOINING, Role.LEAVING): None,
+    (State.SLAVE, Role.MASTER): "_slave_hears_master",
+    (State.SLAVE, Role.SLAVE): None,
+    (State.SLAVE, Role.LEAVING): "_slave_hears_leaving",
+    (State.CANDIDATE, Role.MASTER): "_hears_master",
+    (State.CANDIDATE, Role.SLAVE): None,
+    (State.CANDIDATE, Role.LEAVING): "_candidate_hears_leaving",
+    (State.MASTER, Role.MASTER): "_master_meets_master",
+    (State.MASTER, Role.SLAVE): "_master_hears_node",
+    (State.MASTER, Role.LEAVING): "_master_hears_node",
+}
+
+
+class _Deadline(NamedTuple):
+    """A transition that time makes: once ``due(now)`` has come, ``fire(now, actions)``."""
+
+    due: str
+    fire: str
+
+
+#: state -> its deadlines, in the order they are tried; the first one passed fires, and
+#: the state it leads to is tried in turn (a slave's silent master makes it a candidate
+#: that may claim in the same tick). :meth:`Election.tick` fires them and
+#: :meth:`Election._reschedule` wakes the driver at the earliest, besides the next
+#: heartbeat, which every running state sends every delay. A master's lease is no
+#: deadline: its own heartbeat renews it before it ends, so only a pause lets it pass,
+#: and then every input, not only the clock, must see that first (``_lease_lost``).
+_DEADLINES: dict[State, tuple[_Deadline, ...]] = {
+    State.JOINING: (_Deadline("_listening_ends", "_no_master_heard"),),
+    State.SLAVE: (
+        _Deadline("_master_silent_at", "_master_went_silent"),
+        _Deadline("_gone_settled_at", "_master_process_died"),
+    ),
+    # peers only leave the ranking as time passes, so a claim time can only come sooner:
+    # the next heartbeat tick (at most one delay away) re-evaluates it
+    State.CANDIDATE: (_Deadline("_claim_time", "_promote"),),
+    State.MASTER: (),
+    State.STOPPED: (),
+}
+
+
 @dataclass
 class Peer:
     """What this node last heard from another node."""
@@ -139,6 +198,9 @@ class Peer:
     port: int = 0
     #: when this incarnation of the peer was first heard (it may still be joining)
     first_heard: float = 0.0
+    #: out of the ranking until heard again: it said goodbye, or it is the master this
+    #: node stopped following (silent, dead or gone) and is replacing
+    resigned: bool = False
 
     def rank_key(self) -> tuple[int, int, int, str]:
         return rank_key(self.data_epoch, self.data_seq, self.priority, self.node_id)
@@ -237,22 +299,7 @@ class Election:
         actions: list[Action] = []
         if self._lease_lost(now, actions):
             return actions
-        if self.state is State.JOINING and now >= self._joined_at + self.timing.window:
-            self._become_candidate(now, None, "no master heard since start", actions)
-        elif self.state is State.SLAVE:
-            gone = self._gone_pending()
-            if now >= self._master_heard + self.timing.window + self.timing.slack:
-                silent = now - self._master_heard
-                reason = f"no heartbeat from the master for {silent:.3f} s"
-                self._become_candidate(now, self.master, reason, actions)
-            elif gone is not None and now >= gone[1] + self.timing.settle:
-                reason = (
-                    f"master {self.master} is gone: its link closed without a goodbye, its "
-                    "replication port refused, and it did not beat since"
-                )
-                self._become_candidate(now, self.master, reason, actions, since=gone[1])
-        if self.state is State.CANDIDATE and now >= self._claim_time(now):
-            self._promote(now, actions)
+        self._fire_deadlines(now, actions)
         if self.state is not State.STOPPED and now >= self._next_beat:
             actions.extend(self._beat(now))
         self._forget_silent_peers(now)
@@ -280,9 +327,9 @@ class Election:
             # while a rival took epoch 3 heard it on waking, restarted, and took 3 again)
             self.known_epoch = hb.epoch
             actions.append(PersistEpoch(hb.epoch))
-        handler = _TRANSITIONS.get((self.state, hb.role))
+        handler = _ON_HEARTBEAT.get((self.state, hb.role))
         if handler is not None:
-            handler(self, peer, now, actions)
+            getattr(self, handler)(peer, now, actions)
         self._reschedule(now)
         return actions
 
@@ -357,38 +404,40 @@ class Election:
 
     def live_peers(self, now: float) -> list[Peer]:
         horizon = now - self.timing.window - self.timing.slack
-        return [p for p in self.peers.values() if p.heard >= horizon and p.role is not Role.LEAVING]
+        return [p for p in self.peers.values() if p.heard >= horizon and not p.resigned]
 
-    # -- transitions ---------------------------------------------------------------------
+    # -- packets (_ON_HEARTBEAT): what each state does with a heartbeat heard -----------
 
-    def _on_master_heartbeat(self, peer: Peer, now: float, actions: list[Action]) -> None:
-        """JOINING, SLAVE or CANDIDATE hears a master."""
-        if self.state is State.SLAVE and peer.node_id == self.master:
+    def _hears_master(self, peer: Peer, now: float, actions: list[Action]) -> None:
+        """JOINING or CANDIDATE hears a master: follow it, unless a newer epoch exists."""
+        if peer.epoch < self.known_epoch:
+            return  # a stale master (a newer epoch exists): it will hear the new one and go
+        self._follow(peer, now, actions)
+
+    def _slave_hears_master(self, peer: Peer, now: float, actions: list[Action]) -> None:
+        """Our master beat; or another master: follow it unless ours wins their meeting."""
+        if peer.node_id == self.master:
             if peer.epoch >= self.epoch:
                 self.epoch = peer.epoch
                 self._master_heard = now
             return
-        if peer.epoch < self.known_epoch:
-            return  # a stale master (a newer epoch exists): it will hear the new one and go
-        if self.state is State.SLAVE and self.master is not None:
-            current = self.peers.get(self.master)
-            if (
-                current is not None
-                and current.role is Role.MASTER
-                and now - self._master_heard < (self.timing.window)
-            ):
-                mine = (self.epoch, current.priority, current.node_id)
-                if not master_beats((peer.epoch, peer.priority, peer.node_id), mine):
-                    return  # our master wins the meeting; the other one will step down
-        self._follow(peer, now, actions)
+        current = self.peers.get(self.master) if self.master is not None else None
+        if (
+            current is not None
+            and current.role is Role.MASTER
+            and now - self._master_heard < (self.timing.window)
+        ):
+            mine = (self.epoch, current.priority, current.node_id)
+            if not master_beats((peer.epoch, peer.priority, peer.node_id), mine):
+                return  # our master wins the meeting; the other one will step down
+        self._hears_master(peer, now, actions)
 
-    def _on_leaving(self, peer: Peer, now: float, actions: list[Action]) -> None:
+    def _slave_hears_leaving(self, peer: Peer, now: float, actions: list[Action]) -> None:
         """Someone is going away; if it is our master, the election starts now."""
-        if self.state is State.SLAVE and peer.node_id == self.master:
+        if peer.node_id == self.master:
             reason = f"master {peer.node_id} resigned"
             self._become_candidate(now, peer.node_id, reason, actions)
-            if now >= self._claim_time(now):
-                self._promote(now, actions)
+            self._fire_deadlines(now, actions)
 
     def _master_meets_master(self, peer: Peer, now: float, actions: list[Action]) -> None:
         """Two masters: the loser steps down, the winner makes itself heard at once."""
@@ -412,8 +461,43 @@ class Election:
 
     def _candidate_hears_leaving(self, peer: Peer, now: float, actions: list[Action]) -> None:
         """A better-ranked candidate left: our turn may have come."""
-        if now >= self._claim_time(now):
-            self._promote(now, actions)
+        self._fire_deadlines(now, actions)
+
+    # -- deadlines (_DEADLINES): when each passes, and what happens then ------------------
+
+    def _listening_ends(self, now: float) -> float:
+        return self._joined_at + self.timing.window
+
+    def _no_master_heard(self, now: float, actions: list[Action]) -> None:
+        self._become_candidate(now, None, "no master heard since start", actions)
+
+    def _master_silent_at(self, now: float) -> float:
+        return self._master_heard + self.timing.window + self.timing.slack
+
+    def _master_went_silent(self, now: float, actions: list[Action]) -> None:
+        reason = f"no heartbeat from the master for {now - self._master_heard:.3f} s"
+        self._become_candidate(now, self.master, reason, actions)
+
+    def _gone_settled_at(self, now: float) -> float:
+        gone = self._gone_pending()
+        return float("inf") if gone is None else gone[1] + self.timing.settle
+
+    def _master_process_died(self, now: float, actions: list[Action]) -> None:
+        assert self._gone is not None  # its deadline passed: the report stands
+        reason = (
+            f"master {self.master} is gone: its link closed without a goodbye, its "
+            "replication port refused, and it did not beat since"
+        )
+        self._become_candidate(now, self.master, reason, actions, since=self._gone[1])
+
+    def _fire_deadlines(self, now: float, actions: list[Action]) -> None:
+        """Make every transition whose time has come, from state to state."""
+        while True:
+            rows = _DEADLINES[self.state]
+            passed = next((d for d in rows if now >= getattr(self, d.due)(now)), None)
+            if passed is None:
+                return
+            getattr(self, passed.fire)(now, actions)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -443,7 +527,7 @@ class Election:
         if master is not None:
             lost = self.peers.get(master)
             if lost is not None:
-                lost.role = Role.LEAVING  # out of the ranking: it is what we are replacing
+                lost.resigned = True  # out of the ranking: it is what we are replacing
         self.master = None
         actions.append(MasterLost(master, reason))
         # tell the others where our state stands now: heartbeats are up to a delay old, and
@@ -515,6 +599,7 @@ class Election:
         peer.incarnation, peer.seq, peer.heard = hb.incarnation, hb.seq, now
         peer.data_epoch, peer.data_seq = hb.data_epoch, hb.data_seq
         peer.host, peer.port = hb.host, hb.port
+        peer.resigned = hb.role is Role.LEAVING
         return peer
 
     def _forget_silent_peers(self, now: float) -> None:
@@ -532,38 +617,5 @@ class Election:
         if self.state is State.STOPPED:
             self.deadline = float("inf")
             return
-        deadline = self._next_beat
-        if self.state is State.JOINING:
-            deadline = min(deadline, self._joined_at + self.timing.window)
-        elif self.state is State.SLAVE:
-            deadline = min(deadline, self._master_heard + self.timing.window + self.timing.slack)
-            gone = self._gone_pending()
-            if gone is not None:
-                deadline = min(deadline, gone[1] + self.timing.settle)
-        elif self.state is State.CANDIDATE:
-            # peers only leave the ranking as time passes, so the claim time can only come
-            # sooner; the next heartbeat tick (at most one delay away) re-evaluates it
-            deadline = min(deadline, self._claim_time(now))
-        self.deadline = deadline
-
-
-def _ignore(machine: Election, peer: Peer, now: float, actions: list[Action]) -> None:
-    return None
-
-
-# (state, role heard) -> what happens. Heartbeats from nodes with a newer epoch than a
-# master's own are caught by _master_hears_node / _master_meets_master.
-_TRANSITIONS = {
-    (State.JOINING, Role.MASTER): Election._on_master_heartbeat,
-    (State.JOINING, Role.SLAVE): _ignore,
-    (State.JOINING, Role.LEAVING): _ignore,
-    (State.SLAVE, Role.MASTER): Election._on_master_heartbeat,
-    (State.SLAVE, Role.SLAVE): _ignore,
-    (State.SLAVE, Role.LEAVING): Election._on_leaving,
-    (State.CANDIDATE, Role.MASTER): Election._on_master_heartbeat,
-    (State.CANDIDATE, Role.SLAVE): _ignore,
-    (State.CANDIDATE, Role.LEAVING): Election._candidate_hears_leaving,
-    (State.MASTER, Role.MASTER): Election._master_meets_master,
-    (State.MASTER, Role.SLAVE): Election._master_hears_node,
-    (State.MASTER, Role.LEAVING): Election._master_hears_node,
-}
+        dues = [getattr(self, deadline.due)(now) for deadline in _DEADLINES[self.state]]
+        self.deadline = min([self._next_beat, *dues])

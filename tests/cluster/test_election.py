@@ -8,6 +8,7 @@ import random
 import pytest
 from simnet import SimNet, role_of
 
+from cluster import election
 from cluster.election import (
     Demote,
     Election,
@@ -119,6 +120,30 @@ def test_resignation_starts_the_election_at_once():
     assert m.deadline == pytest.approx(0.5 + TIMING.settle)
     assert kinds(m.tick(0.5 + TIMING.settle)) == [PersistEpoch, Promote, Send]
     assert m.epoch == 4
+
+
+def test_a_silent_master_leaves_the_ranking_keeping_the_role_it_announced():
+    m = Election("b", 100, TIMING)
+    m.start(0.0)
+    m.receive(hb("a", Role.MASTER, 3, priority=200), 0.1)  # a would outrank b
+    lost = 0.1 + WINDOW + TIMING.slack
+    m.tick(lost)
+    assert m.state is State.CANDIDATE
+    assert m.peers["a"].role is Role.MASTER and m.peers["a"].resigned
+    assert m.live_peers(lost) == []  # so b claims as rank 0, after one settle
+    assert kinds(m.tick(lost + TIMING.settle)) == [PersistEpoch, Promote, Send]
+
+
+def test_the_tables_name_a_method_for_every_state_and_role():
+    for (state, role), handler in election._ON_HEARTBEAT.items():
+        assert handler is None or callable(getattr(Election, handler)), (state, role)
+    stands = {state for state, _ in election._ON_HEARTBEAT}
+    assert set(election._ON_HEARTBEAT) == {(s, r) for s in stands for r in Role}
+    assert set(election._DEADLINES) == set(State)
+    for rows in election._DEADLINES.values():
+        for deadline in rows:
+            assert callable(getattr(Election, deadline.due))
+            assert callable(getattr(Election, deadline.fire))
 
 
 def master_hb(seq: int = 1, epoch: int = 3, port: int = 4100, node_id: str = "a"):
