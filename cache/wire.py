@@ -39,9 +39,9 @@ text)::
 
 ``flags`` bit 0 says a MAC follows; other bits must be 0. The version comes first in the
 Hello and the Welcome, so a later version can change everything after it and be refused
-cleanly. Text is strict UTF-8; cluster names and node ids are printable without
-whitespace, cache names and reasons printable, keys anything. Encodings are canonical:
-one frame has exactly one byte string.
+cleanly. Text is strict UTF-8; cluster names and node ids follow :mod:`cluster.names`
+(printable without whitespace), cache names and reasons are printable, keys anything.
+Encodings are canonical: one frame has exactly one byte string.
 
 Authentication, when a secret is set (both sides must agree: a frame whose flag says
 otherwise is ``auth-mismatch``). The Hello carries HMAC-SHA256(secret, type | body); the
@@ -78,10 +78,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Union
 
+from cluster.names import MAX_NAME_BYTES, is_name
+
 VERSION = 1
 FLAG_AUTHENTICATED = 0x01
 NONCE_BYTES = 16
-MAX_NAME_BYTES = 64  # cluster names and node ids
 MAX_CACHE_NAME_BYTES = 128
 MAX_KEY_BYTES = 4096
 MAX_VALUE_BYTES = 16 * 1024 * 1024
@@ -257,10 +258,6 @@ class _Reader:
             raise WireError("malformed", f"{len(self.data) - self.offset} trailing bytes")
 
 
-def _is_name(text: str) -> bool:
-    return text.isprintable() and not any(c.isspace() for c in text)
-
-
 @dataclass(frozen=True)
 class _Text:
     """A length-prefixed UTF-8 field: its limits, and its encoder and decoder in one place."""
@@ -309,8 +306,8 @@ class _Text:
         return ""
 
 
-_CLUSTER = _Text("cluster", _U8, 1, MAX_NAME_BYTES, _is_name, "printable, whitespace-free")
-_NODE_ID = _Text("node_id", _U8, 1, MAX_NAME_BYTES, _is_name, "printable, whitespace-free")
+_CLUSTER = _Text("cluster", _U8, 1, MAX_NAME_BYTES, is_name, "printable, whitespace-free")
+_NODE_ID = _Text("node_id", _U8, 1, MAX_NAME_BYTES, is_name, "printable, whitespace-free")
 _CACHE = _Text("cache", _U8, 1, MAX_CACHE_NAME_BYTES, str.isprintable, "printable")
 _KEY = _Text("key", _U16, 0, MAX_KEY_BYTES)
 _REASON = _Text("reason", _U16, 0, MAX_REASON_BYTES, str.isprintable, "printable")
