@@ -46,6 +46,7 @@ from cache.wire import (
     Item,
     Op,
     Refuse,
+    RefuseCode,
     Session,
     SnapshotBegin,
     SnapshotEnd,
@@ -112,24 +113,25 @@ class _Link:
         if sent < len(data):
             self.enqueue(data[sent:])
 
-    def close(self, reason: str, tell: bool = False, flush: bool = False) -> None:
-        """Stop this link; ``tell`` sends the slave a Refuse with the reason, after what
-        is still queued when ``flush`` (a clean resignation), instead of it otherwise."""
+    def close(self, reason: str, tell: RefuseCode | None = None, flush: bool = False) -> None:
+        """Stop this link; ``tell`` sends the slave a Refuse with that code and the reason,
+        after what is still queued when ``flush`` (a clean resignation), instead of it
+        otherwise."""
         with self.hub.lock:
             if self.closed:
                 return
             self.closed = True
             self.live = False
-            if tell:
+            if tell is not None:
                 if not flush:
                     self.queue.clear()
-                self.queue.append(Refuse(reason))
+                self.queue.append(Refuse(tell, reason))
             self.wake.notify()
             self.hub.cond.notify_all()
             if self in self.hub.links:
                 self.hub.links.remove(self)
         log.info("replication to %s (%s) closed: %s", self.node_id, self.address, reason)
-        if not tell:
+        if tell is None:
             _close(self.sock)
             if self.hub.on_link_lost is not None:
                 self.hub.on_link_lost()  # the slave may probe our port: we beat first
@@ -284,7 +286,7 @@ class Hub:
             self.epoch = 0
             links = list(self.links)
         for link in links:
-            link.close(reason, tell=True, flush=flush)
+            link.close(reason, tell=RefuseCode.RESIGNING, flush=flush)
         return links
 
     def drain(self, timeout: float = 1.0) -> bool:
@@ -430,7 +432,7 @@ class Hub:
                         link.node_id,
                         self.ack_timeout,
                     )
-                    link.close("too slow to acknowledge", tell=True)
+                    link.close("too slow to acknowledge", tell=RefuseCode.TOO_SLOW)
                 return
             self.cond.wait(remaining)
 
@@ -514,14 +516,20 @@ class Hub:
         link.node_id = hello.node_id
         if hello.cluster != self.cluster:
             self._count("foreign")
-            self._refuse(link, f"this is cluster {self.cluster!r}, not {hello.cluster!r}")
+            self._refuse(
+                link, RefuseCode.FOREIGN, f"this is cluster {self.cluster!r}, not {hello.cluster!r}"
+            )
             return
         with self.lock:
             if not self.epoch or not self.is_master():
-                self._refuse(link, "not the master")
+                self._refuse(link, RefuseCode.NOT_MASTER, "not the master")
                 return
             if hello.epoch > self.epoch:
-                self._refuse(link, f"stale master: epoch {self.epoch} < {hello.epoch}")
+                self._refuse(
+                    link,
+                    RefuseCode.STALE_MASTER,
+                    f"stale master: epoch {self.epoch} < {hello.epoch}",
+                )
                 return
             history = self.replica.history_after((hello.data_epoch, hello.data_seq))
             snapshot = history is None
@@ -529,7 +537,9 @@ class Hub:
                 try:
                     position, items = self.replica.snapshot()
                 except Exception as exc:  # our own changes cannot be applied (a full disk)
-                    self._refuse(link, f"the master cannot read its state: {exc}")
+                    self._refuse(
+                        link, RefuseCode.MASTER_FAILED, f"the master cannot read its state: {exc}"
+                    )
                     return
             link.enqueue(Welcome(self.node_id, link.session.nonce, self.epoch, snapshot))
             if snapshot:
@@ -554,10 +564,10 @@ class Hub:
         )
         link.sender.start()
 
-    def _refuse(self, link: _Link, reason: str) -> None:
+    def _refuse(self, link: _Link, code: RefuseCode, reason: str) -> None:
         log.info("replication refused to %s: %s", link.node_id, reason)
         try:
-            link.sock.sendall(link.session.encode(Refuse(reason)))
+            link.sock.sendall(link.session.encode(Refuse(code, reason)))
         except (OSError, WireError):
             pass
         link.closed = True
@@ -758,7 +768,7 @@ class Follower:
                         self._check_epoch(session, sock, master_epoch)
                     elif isinstance(frame, Refuse):
                         self.refused["by-master"] += 1
-                        if "too slow" in frame.reason:
+                        if frame.code is RefuseCode.TOO_SLOW:  # the code, never the text
                             self._set_sync(False)
                         log.info("the master refused replication: %s", frame.reason)
                         return
@@ -792,7 +802,8 @@ class Follower:
         known = self.known_epoch()
         if epoch < known:  # counted where the WireError is caught, once
             try:
-                sock.sendall(session.encode(Refuse(f"stale epoch {epoch} < {known}")))
+                refusal = Refuse(RefuseCode.STALE_EPOCH, f"stale epoch {epoch} < {known}")
+                sock.sendall(session.encode(refusal))
             except (OSError, WireError):
                 pass
             raise WireError("stale-epoch", f"master epoch {epoch} is older than {known}")

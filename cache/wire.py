@@ -28,7 +28,7 @@ text)::
     1 Hello        u8 version | u8 flags | 16 nonce | u64 epoch | u64 data_epoch | u64 data_seq
                    | s1 cluster | s1 node_id
     2 Welcome      u8 version | u8 flags | 16 nonce | u64 epoch | u8 snapshot (0/1) | s1 node_id
-    3 Refuse       u8 flags | s2 reason
+    3 Refuse       u8 flags | u8 code (RefuseCode) | s2 reason
     4 SnapshotBegin  u64 epoch | u64 seq
     5 Item         expiry | s1 cache | s2 key | s4 value
     6 SnapshotEnd  u64 epoch | u64 seq
@@ -39,9 +39,11 @@ text)::
 
 ``flags`` bit 0 says a MAC follows; other bits must be 0. The version comes first in the
 Hello and the Welcome, so a later version can change everything after it and be refused
-cleanly. Text is strict UTF-8; cluster names and node ids are printable without
-whitespace, cache names and reasons printable, keys anything. Encodings are canonical:
-one frame has exactly one byte string.
+cleanly. A Refuse's ``code`` is what the receiver acts on; its ``reason`` is for people
+and logs only (version 1 had no code: its peers are refused as another version). Text is
+strict UTF-8; cluster names and node ids follow :mod:`cluster.names` (printable without
+whitespace), cache names and reasons are printable, keys anything. Encodings are
+canonical: one frame has exactly one byte string.
 
 Authentication, when a secret is set (both sides must agree: a frame whose flag says
 otherwise is ``auth-mismatch``). The Hello carries HMAC-SHA256(secret, type | body); the
@@ -59,7 +61,7 @@ Hello; the receiver reports it as ``auth-mismatch`` and quotes it, unverified.
 Errors: :class:`WireError` carries ``reason``, one token of :data:`REASONS`:
 ``too-large`` (a length over its limit, checked before the bytes are awaited),
 ``truncated`` (a field runs past the end of its frame), ``malformed`` (anything else in
-the bytes: unknown type, flags, kind or boolean, bad UTF-8, a bad name, a non-finite
+the bytes: unknown type, flags, kind, refusal code or boolean, bad UTF-8, a bad name, a non-finite
 expiry, a value on a DELETE, an empty batch, trailing bytes), ``version``,
 ``auth-mismatch``, ``forged`` (a MAC that does not verify: tampering, a replay, or another
 secret), ``order``, ``invalid`` (:meth:`Session.encode` given a frame whose fields are out
@@ -78,10 +80,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Union
 
-VERSION = 1
+from cluster.names import MAX_NAME_BYTES, is_name
+
+VERSION = 2  # 2: a Refuse carries a RefuseCode
 FLAG_AUTHENTICATED = 0x01
 NONCE_BYTES = 16
-MAX_NAME_BYTES = 64  # cluster names and node ids
 MAX_CACHE_NAME_BYTES = 128
 MAX_KEY_BYTES = 4096
 MAX_VALUE_BYTES = 16 * 1024 * 1024
@@ -143,6 +146,26 @@ class Kind(enum.IntEnum):
 _KINDS = frozenset(int(kind) for kind in Kind)
 
 
+class RefuseCode(enum.IntEnum):
+    """Why a :class:`Refuse` ends a conversation, for the receiver to act on.
+
+    A new code needs a new :data:`VERSION`: a receiver takes an unknown code as
+    ``malformed``, so it drops the connection and counts it, as for any bad frame.
+    """
+
+    OTHER = 0  # none of these: the reason says why
+    TOO_SLOW = 1  # the slave did not acknowledge in time: it is out of sync until it catches up
+    RESIGNING = 2  # the master stops being master (it stepped down, or it is closing)
+    FOREIGN = 3  # the Hello is from another cluster
+    NOT_MASTER = 4  # the node asked is not (or no longer sure it is) the master
+    STALE_MASTER = 5  # the slave knows a newer epoch than the master's
+    MASTER_FAILED = 6  # the master cannot read its own state for a snapshot
+    STALE_EPOCH = 7  # from the slave: the master's epoch is older than one the slave knows
+
+
+_REFUSE_CODES = frozenset(int(code) for code in RefuseCode)
+
+
 @dataclass(frozen=True)
 class Hello:
     """Slave to master, the first frame: who asks, and where its state stands."""
@@ -169,7 +192,8 @@ class Welcome:
 class Refuse:
     """Either side, the last frame before it closes the connection."""
 
-    reason: str
+    code: RefuseCode  # what the receiver acts on
+    reason: str  # for people: logged, never matched
 
 
 @dataclass(frozen=True)
@@ -257,10 +281,6 @@ class _Reader:
             raise WireError("malformed", f"{len(self.data) - self.offset} trailing bytes")
 
 
-def _is_name(text: str) -> bool:
-    return text.isprintable() and not any(c.isspace() for c in text)
-
-
 @dataclass(frozen=True)
 class _Text:
     """A length-prefixed UTF-8 field: its limits, and its encoder and decoder in one place."""
@@ -309,8 +329,8 @@ class _Text:
         return ""
 
 
-_CLUSTER = _Text("cluster", _U8, 1, MAX_NAME_BYTES, _is_name, "printable, whitespace-free")
-_NODE_ID = _Text("node_id", _U8, 1, MAX_NAME_BYTES, _is_name, "printable, whitespace-free")
+_CLUSTER = _Text("cluster", _U8, 1, MAX_NAME_BYTES, is_name, "printable, whitespace-free")
+_NODE_ID = _Text("node_id", _U8, 1, MAX_NAME_BYTES, is_name, "printable, whitespace-free")
 _CACHE = _Text("cache", _U8, 1, MAX_CACHE_NAME_BYTES, str.isprintable, "printable")
 _KEY = _Text("key", _U16, 0, MAX_KEY_BYTES)
 _REASON = _Text("reason", _U16, 0, MAX_REASON_BYTES, str.isprintable, "printable")
@@ -417,11 +437,17 @@ def _decode_welcome(reader: _Reader) -> Welcome:
 
 
 def _encode_refuse(frame: Refuse) -> bytes:
-    return _REASON.pack(frame.reason)
+    code = frame.code
+    if isinstance(code, bool) or not isinstance(code, int) or code not in _REFUSE_CODES:
+        raise WireError("invalid", f"code={code!r}: expected one of {[c.name for c in RefuseCode]}")
+    return _U8.pack(code) + _REASON.pack(frame.reason)
 
 
 def _decode_refuse(reader: _Reader) -> Refuse:
-    return Refuse(_REASON.read(reader))
+    (code,) = reader.unpack(_U8)
+    if code not in _REFUSE_CODES:
+        raise WireError("malformed", f"unknown refusal code {code}")
+    return Refuse(RefuseCode(code), _REASON.read(reader))
 
 
 def _encode_item(frame: Item) -> bytes:
@@ -847,8 +873,8 @@ def _unverified_reason(view: memoryview, start: int) -> str:
     """The reason of an unauthenticated Refuse, quoted for a log message, or ''."""
     try:
         reader = _Reader(view, start)
-        reason = _REASON.read(reader)
+        refusal = _decode_refuse(reader)
         reader.finish()
     except WireError:
         return ""
-    return f" (unverified: {reason!r})"
+    return f" (unverified: {refusal.reason!r})"

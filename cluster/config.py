@@ -54,13 +54,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cluster.names import NAME_RULE, is_name
+
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "TWINWEAVE_"
 CONFIG_ENV = "AGENT_CONFIG"
 DEFAULT_FILE = "bootstrap.properties"
 MIN_SECRET_BYTES = 16
-MAX_NAME_BYTES = 64
 _NAMESPACES = ("failover.", "cache.")
 _FALLBACK_ADDRESS = "127.0.0.1"
 
@@ -97,16 +98,6 @@ def _parse_seconds_ms(text: str) -> int:
 
 def _optional(text: str) -> str | None:
     return text or None
-
-
-def _is_name(value: object) -> bool:
-    """1..64 UTF-8 bytes, printable, no whitespace (cluster names and node ids)."""
-    return (
-        isinstance(value, str)
-        and 0 < len(value.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES
-        and value.isprintable()
-        and not any(c.isspace() for c in value)
-    )
 
 
 def _ipv4(value: object) -> ipaddress.IPv4Address | None:
@@ -215,9 +206,9 @@ _FIELDS: tuple[_Field, ...] = (
     _Field(
         "failover.cluster",
         "cluster",
-        f"a name of 1 to {MAX_NAME_BYTES} UTF-8 bytes, printable, without whitespace",
+        f"a name of {NAME_RULE}",
         str,
-        _is_name,
+        is_name,
     ),
     _int_field("failover.priority", "priority", 0, 65535),
     _Field(
@@ -230,10 +221,9 @@ _FIELDS: tuple[_Field, ...] = (
     _Field(
         "failover.node-id",
         "node_id",
-        f"a node id of 1 to {MAX_NAME_BYTES} UTF-8 bytes, printable, without whitespace"
-        " (empty: chosen by the node)",
+        f"a node id of {NAME_RULE} (empty: chosen by the node)",
         _optional,
-        lambda v: v is None or _is_name(v),
+        lambda v: v is None or is_name(v),
     ),
     _int_field("failover.stop-timeout", "stop_timeout_ms", 0, 3_600_000, " (milliseconds)"),
     _Field(

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from cluster.config import Settings
+from cluster.names import is_name
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def _read_or_create_id(path: Path, suggested: str) -> str:
         text = id_file.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         text = ""
-    if text and len(text.encode()) <= 64 and not any(c.isspace() for c in text):
+    if is_name(text):  # anything else is replaced: no heartbeat could carry it
         return text
     id_file.write_text(suggested + "\n", encoding="utf-8")
     return suggested

@@ -28,8 +28,8 @@ Layout, network byte order (61 fixed bytes, at most 223 in all)::
          .   32  HMAC-SHA256 of every byte before it, only when flag bit 0 is set
 
 The magic and version come first so that a later version can change everything after them;
-a version 1 decoder drops any other version. Names must be printable without whitespace,
-so a node id can go into a log line as it is.
+a version 1 decoder drops any other version. Names follow :mod:`cluster.names` (printable,
+without whitespace), so a node id can go into a log line as it is.
 
 Checks, in order, each a reason counted in :attr:`Codec.dropped`: ``short`` (truncated),
 ``magic``, ``version``, ``malformed`` (unknown flags or role, bad lengths or UTF-8, trailing
@@ -58,10 +58,11 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
+from cluster.names import MAX_NAME_BYTES, NAME_RULE, is_name
+
 VERSION = 1
 MAGIC = b"TW"
 FLAG_AUTHENTICATED = 0x01
-MAX_NAME_BYTES = 64
 MAC_BYTES = 32
 REPLAY_WINDOW_PACKETS = 64
 #: The largest epoch a received heartbeat may carry (a signed 64-bit integer, like etcd's
@@ -114,15 +115,11 @@ class ProtocolError(ValueError):
 
 def _valid_name(raw: bytes) -> str | None:
     """The UTF-8 text of a cluster name or node id, or None when it is not one."""
-    if not 0 < len(raw) <= MAX_NAME_BYTES:
-        return None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    if not text.isprintable() or any(c.isspace() for c in text):
-        return None
-    return text
+    return text if is_name(text) else None
 
 
 def _sign(key: hmac.HMAC, data: bytes) -> bytes:
@@ -162,16 +159,12 @@ class Codec:
         replay_window_s: float = 30.0,
         max_peers: int = 1024,
     ) -> None:
-        encoded = cluster.encode("utf-8", "surrogatepass")
-        if _valid_name(encoded) is None:
-            raise ProtocolError(
-                f"cluster name {cluster!r}: expected 1 to {MAX_NAME_BYTES} UTF-8 bytes,"
-                " printable, without whitespace"
-            )
+        if not is_name(cluster):
+            raise ProtocolError(f"cluster name {cluster!r}: expected {NAME_RULE}")
         if max_peers < 1:
             raise ProtocolError(f"max_peers={max_peers}: expected at least 1")
         self.cluster = cluster
-        self._cluster_bytes = encoded
+        self._cluster_bytes = cluster.encode("utf-8")
         self._mac = hmac.new(secret, digestmod=hashlib.sha256) if secret else None
         self._window_ms = round(replay_window_s * 1000)
         self._max_peers = max_peers
@@ -195,12 +188,9 @@ class Codec:
             raise ProtocolError(
                 f"heartbeat of cluster {hb.cluster!r} given to the codec of {self.cluster!r}"
             )
-        node = hb.node_id.encode("utf-8", "surrogatepass")
-        if _valid_name(node) is None:
-            raise ProtocolError(
-                f"node_id {hb.node_id!r}: expected 1 to {MAX_NAME_BYTES} UTF-8 bytes,"
-                " printable, without whitespace"
-            )
+        if not is_name(hb.node_id):
+            raise ProtocolError(f"node_id {hb.node_id!r}: expected {NAME_RULE}")
+        node = hb.node_id.encode("utf-8")
         if type(hb.role) not in (Role, int) or hb.role not in _ROLES:
             raise ProtocolError(f"role {hb.role!r}: expected one of {[r.name for r in Role]}")
         for name, limit in (

@@ -6,6 +6,7 @@ import contextlib
 import os
 import random
 import socket
+import struct
 import threading
 import time
 
@@ -16,7 +17,18 @@ from cache.journal import scan
 from cache.replica import Replica, ReplicaError
 from cache.replication import Follower, Hub, NotMasterError
 from cache.store import POSITION_KEY, decode_value, encode_value
-from cache.wire import Hello, Item, Kind, Op, Session, SnapshotBegin, SnapshotEnd, Welcome
+from cache.wire import (
+    Hello,
+    Item,
+    Kind,
+    Op,
+    Refuse,
+    RefuseCode,
+    Session,
+    SnapshotBegin,
+    SnapshotEnd,
+    Welcome,
+)
 
 SECRET = b"replication secret for tests"
 
@@ -493,7 +505,7 @@ def test_a_master_dropping_a_slave_or_a_slave_restarting_is_no_death(rig):
     follower, reports = gone_recorder(r, "s1")
     follower.follow("127.0.0.1", r.hub.port, 1)
     assert wait_for(lambda: r.hub.live_slaves() == ["s1"])
-    r.hub.links[0].close("too slow", tell=True)  # the master drops it, saying why
+    r.hub.links[0].close("too slow", tell=RefuseCode.TOO_SLOW)  # the master drops it, saying why
     assert wait_for(lambda: follower.refused["by-master"] == 1)
     assert wait_for(lambda: r.hub.live_slaves() == ["s1"])  # and takes it back
     assert lost == []  # a Refuse is a goodbye: the master need not reassure anyone
@@ -578,12 +590,19 @@ class FakeMaster:
 
 
 @contextlib.contextmanager
-def following(tmp_path, frames: list, epoch: int = 1, known: int = 1, retry_s: float = 0.05):
+def following(
+    tmp_path,
+    frames: list,
+    epoch: int = 1,
+    known: int = 1,
+    retry_s: float = 0.05,
+    on_position=lambda position, in_sync: None,
+):
     """A follower (``known``: the newest epoch it knows) of a :class:`FakeMaster` at
     ``epoch`` that sends ``frames`` first."""
     master = FakeMaster(epoch, frames)
     replica = Replica(tmp_path / "s1")
-    follower = Follower(replica, "c", "s1", None, lambda: known, lambda p, s: None, retry_s=retry_s)
+    follower = Follower(replica, "c", "s1", None, lambda: known, on_position, retry_s=retry_s)
     try:
         follower.follow("127.0.0.1", master.port, epoch)
         yield master, replica, follower
@@ -599,6 +618,45 @@ def test_a_stale_epoch_is_counted_once(tmp_path):
         time.sleep(0.3)  # retry_s=30: no connection after the first retry
         assert master.connections in (1, 2)
         assert follower.refused == {"stale-epoch": master.connections}  # once per refusal
+
+
+def refused_and_syncs(tmp_path, frames: list, sessions: int) -> tuple[dict, list[bool]]:
+    """What a follower counted, and each in-sync state it reported, once a FakeMaster
+    sending ``frames`` first has seen ``sessions`` connections."""
+    syncs: list[bool] = []
+
+    def on_position(_position: tuple[int, int], in_sync: bool) -> None:
+        syncs.append(in_sync)
+
+    with following(tmp_path, frames, on_position=on_position) as (master, _replica, follower):
+        assert wait_for(lambda: master.connections >= sessions)
+        return dict(follower.refused), syncs
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "out_of_sync"),
+    [
+        (RefuseCode.TOO_SLOW, "too slow to acknowledge", True),
+        (RefuseCode.TOO_SLOW, "nothing the follower could match", True),
+        (RefuseCode.RESIGNING, "too slow to acknowledge", False),
+        (RefuseCode.OTHER, "too slow", False),
+    ],
+)
+def test_a_refusal_puts_the_follower_out_of_sync_by_its_code_not_its_text(
+    tmp_path, code, reason, out_of_sync
+):
+    refused, syncs = refused_and_syncs(tmp_path, [Refuse(code, reason)], sessions=2)
+    assert refused == {"by-master": 1}, refused
+    assert syncs == ([False] if out_of_sync else []), syncs
+
+
+def test_a_refusal_with_an_unknown_code_is_counted_and_ends_only_its_session(tmp_path):
+    # a newer peer's code (a new code comes with a new wire version): a malformed frame
+    reason = b"from the future"
+    unknown = struct.pack("!IBBBH", 5 + len(reason), 3, 0, len(RefuseCode), len(reason))
+    refused, syncs = refused_and_syncs(tmp_path, [unknown + reason], sessions=3)
+    assert refused == {"malformed": 1}, refused  # and it came back: not stuck
+    assert syncs == []
 
 
 def test_a_change_to_a_cache_the_replica_refuses_is_refused_before_it_is_staged(tmp_path):

@@ -24,6 +24,7 @@ from cache.wire import (
     MAX_REASON_BYTES,
     MAX_VALUE_BYTES,
     REASONS,
+    VERSION,
     Ack,
     Batch,
     Frame,
@@ -32,6 +33,7 @@ from cache.wire import (
     Kind,
     Op,
     Refuse,
+    RefuseCode,
     Session,
     SnapshotBegin,
     SnapshotEnd,
@@ -60,6 +62,7 @@ KEYS = st.text(max_size=20)
 VALUES = st.binary(max_size=64)
 EXPIRIES = st.none() | st.floats(allow_nan=False, allow_infinity=False)
 REASON_TEXTS = st.text(PRINTABLE | st.just(" "), max_size=40)
+REFUSE_CODES = st.sampled_from(RefuseCode)
 OPS = st.one_of(
     st.builds(Op, U64, U64, st.just(Kind.PUT), CACHES, KEYS, VALUES, EXPIRIES),
     st.builds(Op, U64, U64, st.just(Kind.DELETE), CACHES, KEYS, st.just(b""), st.none()),
@@ -167,12 +170,12 @@ def reframe(data: bytes) -> bytes:
     return struct.pack("!I", len(data) - 4) + data[4:]
 
 
-def hello_raw(version: int = 1, flags: int = 0, node: bytes = b"node-2") -> bytes:
+def hello_raw(version: int = VERSION, flags: int = 0, node: bytes = b"node-2") -> bytes:
     numbers = struct.pack("!QQQ", 3, 3, 41)
     return raw(1, bytes([version, flags]), SLAVE_NONCE, numbers, s1(b"default"), s1(node))
 
 
-def welcome_raw(version: int = 1, flags: int = 0, snapshot: int = 0) -> bytes:
+def welcome_raw(version: int = VERSION, flags: int = 0, snapshot: int = 0) -> bytes:
     numbers = struct.pack("!QB", 3, snapshot)
     return raw(2, bytes([version, flags]), MASTER_NONCE, numbers, s1(b"node-1"))
 
@@ -207,7 +210,7 @@ def test_layout_is_the_documented_one() -> None:
     assert master.encode(SnapshotEnd(3, 42)) == raw(6, struct.pack("!QQ", 3, 42))
     assert master.encode(Batch((PUT, PUT))) == raw(9, b"\x00\x02", op_raw()[5:] * 2)
     assert slave.encode(Ack(3, 42)) == raw(8, struct.pack("!QQ", 3, 42))
-    assert slave.encode(Refuse("bye")) == raw(3, b"\x00", s2(b"bye"))
+    assert slave.encode(Refuse(RefuseCode.TOO_SLOW, "bye")) == raw(3, b"\x00\x01", s2(b"bye"))
 
 
 def test_macs_are_the_documented_ones() -> None:
@@ -241,6 +244,7 @@ def test_macs_are_the_documented_ones() -> None:
     stream=STREAMS,
     acks=ACKS,
     ender=st.sampled_from(["slave", "master", None]),
+    code=REFUSE_CODES,
     reason=REASON_TEXTS,
     chunking=CHUNKINGS,
 )
@@ -251,6 +255,7 @@ def test_round_trip(
     stream: list[Frame],
     acks: list[Ack],
     ender: str | None,
+    code: RefuseCode,
     reason: str,
     chunking: Any,
 ) -> None:
@@ -262,20 +267,25 @@ def test_round_trip(
     assert feed(slave, down, chunking) == stream
     up = b"".join(slave.encode(ack) for ack in acks)
     assert feed(master, up, chunking) == acks
+    refusal = Refuse(code, reason)
     if ender == "slave":
-        assert feed(master, slave.encode(Refuse(reason)), chunking) == [Refuse(reason)]
+        assert feed(master, slave.encode(refusal), chunking) == [refusal]
     elif ender == "master":
-        assert feed(slave, master.encode(Refuse(reason)), chunking) == [Refuse(reason)]
+        assert feed(slave, master.encode(refusal), chunking) == [refusal]
     assert master.frames_out == slave.frames_in == 1 + len(stream) + (ender == "master")
     assert slave.frames_out == master.frames_in == 1 + len(acks) + (ender == "slave")
 
 
 @PROPERTY
-@given(secret=SECRETS, reason=REASON_TEXTS, chunking=CHUNKINGS)
-def test_refuse_instead_of_welcome(secret: bytes | None, reason: str, chunking: Any) -> None:
+@given(secret=SECRETS, code=REFUSE_CODES, reason=REASON_TEXTS, chunking=CHUNKINGS)
+def test_refuse_instead_of_welcome(
+    secret: bytes | None, code: RefuseCode, reason: str, chunking: Any
+) -> None:
     slave, master = pair(secret)
     feed(master, slave.encode(HELLO), chunking)
-    assert feed(slave, master.encode(Refuse(reason)), chunking) == [Refuse(reason)]
+    refusal = Refuse(code, reason)
+    assert feed(slave, master.encode(refusal), chunking) == [refusal]
+    assert type(refusal.code) is RefuseCode
     with pytest.raises(WireError) as info:
         master.encode(PUT)
     assert info.value.reason == "order"
@@ -283,9 +293,9 @@ def test_refuse_instead_of_welcome(secret: bytes | None, reason: str, chunking: 
 
 def test_a_master_may_refuse_before_any_hello_without_a_secret() -> None:
     slave, master = pair()
-    refusal = master.encode(Refuse("busy"))
-    assert greeting_slave(None).feed(refusal) == [Refuse("busy")]
-    assert slave.feed(refusal) == [Refuse("busy")]  # even before its own Hello
+    refusal = master.encode(Refuse(RefuseCode.OTHER, "busy"))
+    assert greeting_slave(None).feed(refusal) == [Refuse(RefuseCode.OTHER, "busy")]
+    assert slave.feed(refusal) == [Refuse(RefuseCode.OTHER, "busy")]  # even before its own Hello
 
 
 def test_largest_values_and_batches_round_trip() -> None:
@@ -301,7 +311,7 @@ def test_largest_values_and_batches_round_trip() -> None:
         SnapshotBegin(3, 1),
         item,
     ]
-    longest = Refuse("r" * MAX_REASON_BYTES)
+    longest = Refuse(RefuseCode.OTHER, "r" * MAX_REASON_BYTES)
     assert master.feed(slave.encode(longest)) == [longest]
 
 
@@ -438,7 +448,7 @@ def swapped_acks() -> None:
 def reflected_refuse() -> None:
     """A slave's Refuse sent to its twin: same key, same counter, only the direction differs."""
     slave, twin = opened(SECRET)[0], opened(SECRET)[0]
-    twin.feed(slave.encode(Refuse("bye")))
+    twin.feed(slave.encode(Refuse(RefuseCode.OTHER, "bye")))
 
 
 def after_failure(call: Callable[[Session], object]) -> Callable[[], object]:
@@ -463,7 +473,7 @@ CASES: list[tuple[str, str, Callable[[], object]]] = [
     ),
     ("too-large", "cache", received(plain_slave, op_raw(cache=b"\xff"))),
     ("too-large", "batch", received(plain_slave, raw(9, struct.pack("!H", MAX_BATCH_OPS + 1)))),
-    ("too-large", "reason", received(fresh(True), raw(3, b"\x00", struct.pack("!H", 1025)))),
+    ("too-large", "reason", received(fresh(True), raw(3, b"\x00\x00", struct.pack("!H", 1025)))),
     ("too-large", "encode key", sent(plain_master, dataclasses.replace(PUT, key="k" * 4097))),
     (
         "too-large",
@@ -477,23 +487,28 @@ CASES: list[tuple[str, str, Callable[[], object]]] = [
     ),
     ("too-large", "encode cache", sent(plain_master, dataclasses.replace(PUT, cache="c" * 129))),
     ("too-large", "encode node", sent(fresh(True), dataclasses.replace(HELLO, node_id="n" * 65))),
-    ("too-large", "encode reason", sent(plain_slave, Refuse("r" * 1025))),
+    ("too-large", "encode reason", sent(plain_slave, Refuse(RefuseCode.OTHER, "r" * 1025))),
     ("too-large", "encode batch", sent(plain_master, Batch((PUT,) * (MAX_BATCH_OPS + 1)))),
     # truncated: a field that runs past the end of its frame
-    ("truncated", "nonce", received(fresh(False), raw(1, b"\x01\x00", bytes(8)))),
-    ("truncated", "flags", received(fresh(False), raw(1, b"\x01"))),
+    ("truncated", "nonce", received(fresh(False), raw(1, bytes([VERSION, 0]), bytes(8)))),
+    ("truncated", "flags", received(fresh(False), raw(1, bytes([VERSION])))),
     ("truncated", "refuse", received(fresh(True), raw(3))),
+    ("truncated", "refuse code", received(fresh(True), raw(3, b"\x00"))),
     ("truncated", "value", received(plain_slave, op_raw(value=s4(b"vv")[:-1]))),
     ("truncated", "key", received(plain_slave, op_raw(key=b"\x00", value=b""))),
     ("truncated", "position", received(plain_master, raw(8, bytes(15)))),
     ("truncated", "mac", received(lambda: opened(SECRET)[0], raw(7, bytes(15)))),
-    ("truncated", "handshake mac", received(fresh(False, SECRET), raw(1, b"\x01\x01", bytes(30)))),
+    (
+        "truncated",
+        "handshake mac",
+        received(fresh(False, SECRET), raw(1, bytes([VERSION, 1]), bytes(30))),
+    ),
     # malformed: anything else that is not this protocol
     ("malformed", "empty frame", received(fresh(False), bytes(4))),
     ("malformed", "type 0", received(fresh(False), raw(0))),
     ("malformed", "type 10", received(fresh(False), raw(10))),
     ("malformed", "flags", received(fresh(False), hello_raw(flags=2))),
-    ("malformed", "refuse flags", received(fresh(True), raw(3, b"\x80", s2(b"")))),
+    ("malformed", "refuse flags", received(fresh(True), raw(3, b"\x80\x00", s2(b"")))),
     ("malformed", "trailing", received(fresh(False), reframe(hello_raw() + b"\x00"))),
     ("malformed", "empty node", received(fresh(False), hello_raw(node=b""))),
     ("malformed", "node with space", received(fresh(False), hello_raw(node=b"a b"))),
@@ -502,7 +517,13 @@ CASES: list[tuple[str, str, Callable[[], object]]] = [
     ("malformed", "cache", received(plain_slave, op_raw(cache=s1(b"a\x1bb")))),
     ("malformed", "empty cache", received(plain_slave, op_raw(cache=s1(b"")))),
     ("malformed", "surrogate key", received(plain_slave, op_raw(key=s2(b"\xed\xa0\x80")))),
-    ("malformed", "reason", received(greeting(None), raw(3, b"\x00", s2(b"a\x00")))),
+    ("malformed", "reason", received(greeting(None), raw(3, b"\x00\x00", s2(b"a\x00")))),
+    (
+        "malformed",
+        "refuse code",
+        received(greeting(None), raw(3, bytes([0, len(RefuseCode)]), s2(b"from a newer peer"))),
+    ),
+    ("malformed", "refuse code 255", received(greeting(None), raw(3, b"\x00\xff", s2(b"")))),
     ("malformed", "snapshot flag", received(greeting(None), welcome_raw(snapshot=2))),
     ("malformed", "kind 0", received(plain_slave, op_raw(kind=0))),
     ("malformed", "kind 4", received(plain_slave, op_raw(kind=4))),
@@ -520,9 +541,11 @@ CASES: list[tuple[str, str, Callable[[], object]]] = [
     ("malformed", "empty batch", received(plain_slave, raw(9, b"\x00\x00"))),
     ("malformed", "batch op", received(plain_slave, raw(9, b"\x00\x01", op_raw(kind=9)[5:]))),
     # version
-    ("version", "hello 2", received(fresh(False), hello_raw(version=2))),
+    ("version", "hello newer", received(fresh(False), hello_raw(version=VERSION + 1))),
+    ("version", "hello 1, before refusal codes", received(fresh(False), hello_raw(version=1))),
     ("version", "hello 0", received(fresh(False, SECRET), hello_raw(version=0, flags=7))),
-    ("version", "welcome", received(greeting(None), welcome_raw(version=2))),
+    ("version", "welcome", received(greeting(None), welcome_raw(version=VERSION + 1))),
+    ("version", "welcome 1", received(greeting(None), welcome_raw(version=1))),
     # auth-mismatch
     (
         "auth-mismatch",
@@ -536,21 +559,21 @@ CASES: list[tuple[str, str, Callable[[], object]]] = [
         "welcome to plain",
         received(greeting(None), encoded(after_hello(SECRET), WELCOME)),
     ),
-    ("auth-mismatch", "plain refuse", received(greeting(SECRET), raw(3, b"\x00", s2(b"no")))),
+    ("auth-mismatch", "plain refuse", received(greeting(SECRET), raw(3, b"\x00\x00", s2(b"no")))),
     (
         "auth-mismatch",
         "signed refuse to plain",
-        received(greeting(None), encoded(after_hello(SECRET), Refuse("no"))),
+        received(greeting(None), encoded(after_hello(SECRET), Refuse(RefuseCode.OTHER, "no"))),
     ),
     (
         "auth-mismatch",
         "refuse before hello",
-        received(fresh(True, SECRET), raw(3, b"\x01", s2(b""), bytes(32))),
+        received(fresh(True, SECRET), raw(3, b"\x01\x00", s2(b""), bytes(32))),
     ),
     (
         "auth-mismatch",
         "stripped refuse",
-        received(lambda: opened(SECRET)[0], raw(3, b"\x00", s2(b""))),
+        received(lambda: opened(SECRET)[0], raw(3, b"\x00\x00", s2(b""))),
     ),
     # forged
     ("forged", "tampered welcome", received(greeting(), tampered_welcome)),
@@ -581,12 +604,12 @@ CASES: list[tuple[str, str, Callable[[], object]]] = [
     ),
     ("order", "end without begin", received(plain_slave, raw(6, bytes(16)))),
     ("order", "nested begin", received(plain_slave, raw(4, bytes(16)) * 2)),
-    ("order", "after refuse", received(plain_slave, raw(3, b"\x00", s2(b"")) + op_raw())),
+    ("order", "after refuse", received(plain_slave, raw(3, b"\x00\x00", s2(b"")) + op_raw())),
     # order, sent: a programming error surfaces at once
     ("order", "slave sends op", sent(plain_slave, PUT)),
     ("order", "master sends ack", sent(plain_master, Ack(1, 1))),
     ("order", "slave acks early", sent(lambda: greeting_slave(None), Ack(1, 1))),
-    ("order", "slave starts with refuse", sent(fresh(True), Refuse("x"))),
+    ("order", "slave starts with refuse", sent(fresh(True), Refuse(RefuseCode.OTHER, "x"))),
     ("order", "master streams early", sent(master_after_hello, PUT)),
     ("order", "master welcomes early", sent(fresh(False), WELCOME)),
     ("order", "second hello", sent(plain_slave, HELLO)),
@@ -623,7 +646,9 @@ CASES: list[tuple[str, str, Callable[[], object]]] = [
     ("invalid", "surrogate key", sent(plain_master, dataclasses.replace(PUT, key="\udc80"))),
     ("invalid", "empty cache", sent(plain_master, dataclasses.replace(PUT, cache=""))),
     ("invalid", "node with space", sent(fresh(True), dataclasses.replace(HELLO, node_id="a b"))),
-    ("invalid", "reason with newline", sent(plain_slave, Refuse("a\nb"))),
+    ("invalid", "reason with newline", sent(plain_slave, Refuse(RefuseCode.OTHER, "a\nb"))),
+    ("invalid", "refuse code", sent(plain_slave, Refuse(len(RefuseCode), "x"))),
+    ("invalid", "refuse code bool", sent(plain_slave, Refuse(True, "x"))),
     (
         "invalid",
         "snapshot not bool",
@@ -663,7 +688,7 @@ def test_frame_too_large_on_encode() -> None:
 def test_an_unauthenticated_refusal_is_quoted_but_not_returned() -> None:
     slave = greeting_slave(SECRET)
     with pytest.raises(WireError, match="unverified: 'unsupported version'") as info:
-        slave.feed(Session(None, False).encode(Refuse("unsupported version")))
+        slave.feed(Session(None, False).encode(Refuse(RefuseCode.OTHER, "unsupported version")))
     assert info.value.reason == "auth-mismatch"
 
 
@@ -671,14 +696,16 @@ def test_a_failed_session_can_still_say_why() -> None:
     slave, master = opened(SECRET)
     with pytest.raises(WireError):
         master.feed(b"\x00\x00\x00\x11" + bytes(17))
-    assert slave.feed(master.encode(Refuse("forged"))) == [Refuse("forged")]
+    assert slave.feed(master.encode(Refuse(RefuseCode.OTHER, "forged"))) == [
+        Refuse(RefuseCode.OTHER, "forged")
+    ]
     # a master that could not read a Hello refuses unauthenticated: the slave says so
     master = Session(SECRET, initiator=False)
     with pytest.raises(WireError) as info:
         master.feed(hello_raw(version=9))
     assert info.value.reason == "version"
     with pytest.raises(WireError) as info:
-        greeting_slave(SECRET).feed(master.encode(Refuse("unsupported version")))
+        greeting_slave(SECRET).feed(master.encode(Refuse(RefuseCode.OTHER, "unsupported version")))
     assert info.value.reason == "auth-mismatch"
     assert "unverified: 'unsupported version'" in str(info.value)
 

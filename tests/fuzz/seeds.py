@@ -19,6 +19,7 @@ from cache.wire import (
     Kind,
     Op,
     Refuse,
+    RefuseCode,
     Session,
     SnapshotBegin,
     SnapshotEnd,
@@ -141,10 +142,14 @@ DOWNSTREAM: tuple[Frame, ...] = (
     SnapshotEnd(1, 4),
     Op(1, 5, Kind.CLEAR, "blobs", "", b"", None),
     Op(1, 6, Kind.PUT, "orders", "after", _value("\u00e9t\u00e9"), None),
-    Refuse("resigning: the master stops"),
+    Refuse(RefuseCode.RESIGNING, "resigning: the master stops"),
 )
 
-UPSTREAM: tuple[Frame, ...] = (Ack(1, 1), Ack(1, 6), Refuse("stale epoch 1 < 2"))
+UPSTREAM: tuple[Frame, ...] = (
+    Ack(1, 1),
+    Ack(1, 6),
+    Refuse(RefuseCode.STALE_EPOCH, "stale epoch 1 < 2"),
+)
 
 
 def sessions(secret: bytes | None) -> tuple[Session, Session]:
