@@ -556,13 +556,15 @@ class Hub:
             if not snapshot and (hello.data_epoch, hello.data_seq) == link.target:
                 link.live = True  # already up to date
                 link.acked = link.target
+            # started before the link is listed: close() joins the sender of every
+            # listed link, and joining a thread not yet started raises
+            link.sender = threading.Thread(
+                target=link.send_loop, name="twinweave-repl-out", daemon=True
+            )
+            link.sender.start()
             self.links.append(link)
             how = "snapshot" if snapshot else f"{len(history)} changes"
         log.info("slave %s joined from (%d, %d): %s", link.node_id, *link.target, how)
-        link.sender = threading.Thread(
-            target=link.send_loop, name="twinweave-repl-out", daemon=True
-        )
-        link.sender.start()
 
     def _refuse(self, link: _Link, code: RefuseCode, reason: str) -> None:
         log.info("replication refused to %s: %s", link.node_id, reason)
