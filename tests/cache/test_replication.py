@@ -12,23 +12,12 @@ import time
 
 import pytest
 
-from cache import Cache
+from cache import Cache, wire
 from cache.journal import scan
 from cache.replica import Replica, ReplicaError
 from cache.replication import Follower, Hub, NotMasterError
 from cache.store import POSITION_KEY, decode_value, encode_value
-from cache.wire import (
-    Hello,
-    Item,
-    Kind,
-    Op,
-    Refuse,
-    RefuseCode,
-    Session,
-    SnapshotBegin,
-    SnapshotEnd,
-    Welcome,
-)
+from cache.wire import Hello, Item, Kind, Op, Session, SnapshotBegin, SnapshotEnd, Welcome
 
 SECRET = b"replication secret for tests"
 
@@ -505,7 +494,8 @@ def test_a_master_dropping_a_slave_or_a_slave_restarting_is_no_death(rig):
     follower, reports = gone_recorder(r, "s1")
     follower.follow("127.0.0.1", r.hub.port, 1)
     assert wait_for(lambda: r.hub.live_slaves() == ["s1"])
-    r.hub.links[0].close("too slow", tell=RefuseCode.TOO_SLOW)  # the master drops it, saying why
+    # the master drops it, saying why
+    r.hub.links[0].close("too slow", tell=wire.RefuseCode.TOO_SLOW)
     assert wait_for(lambda: follower.refused["by-master"] == 1)
     assert wait_for(lambda: r.hub.live_slaves() == ["s1"])  # and takes it back
     assert lost == []  # a Refuse is a goodbye: the master need not reassure anyone
@@ -636,16 +626,16 @@ def refused_and_syncs(tmp_path, frames: list, sessions: int) -> tuple[dict, list
 @pytest.mark.parametrize(
     ("code", "reason", "out_of_sync"),
     [
-        (RefuseCode.TOO_SLOW, "too slow to acknowledge", True),
-        (RefuseCode.TOO_SLOW, "nothing the follower could match", True),
-        (RefuseCode.RESIGNING, "too slow to acknowledge", False),
-        (RefuseCode.OTHER, "too slow", False),
+        (wire.RefuseCode.TOO_SLOW, "too slow to acknowledge", True),
+        (wire.RefuseCode.TOO_SLOW, "nothing the follower could match", True),
+        (wire.RefuseCode.RESIGNING, "too slow to acknowledge", False),
+        (wire.RefuseCode.OTHER, "too slow", False),
     ],
 )
 def test_a_refusal_puts_the_follower_out_of_sync_by_its_code_not_its_text(
     tmp_path, code, reason, out_of_sync
 ):
-    refused, syncs = refused_and_syncs(tmp_path, [Refuse(code, reason)], sessions=2)
+    refused, syncs = refused_and_syncs(tmp_path, [wire.Refuse(code, reason)], sessions=2)
     assert refused == {"by-master": 1}, refused
     assert syncs == ([False] if out_of_sync else []), syncs
 
@@ -653,7 +643,7 @@ def test_a_refusal_puts_the_follower_out_of_sync_by_its_code_not_its_text(
 def test_a_refusal_with_an_unknown_code_is_counted_and_ends_only_its_session(tmp_path):
     # a newer peer's code (a new code comes with a new wire version): a malformed frame
     reason = b"from the future"
-    unknown = struct.pack("!IBBBH", 5 + len(reason), 3, 0, len(RefuseCode), len(reason))
+    unknown = struct.pack("!IBBBH", 5 + len(reason), 3, 0, len(wire.RefuseCode), len(reason))
     refused, syncs = refused_and_syncs(tmp_path, [unknown + reason], sessions=3)
     assert refused == {"malformed": 1}, refused  # and it came back: not stuck
     assert syncs == []
