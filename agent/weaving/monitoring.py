@@ -60,8 +60,7 @@ from types import CodeType, FrameType
 from typing import Any, Callable
 
 from agent import speedups
-from agent.events import Probe
-from agent.weaving.rewrite import message_param
+from agent.events import CO_SUSPENDING, Probe, message_param
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +70,6 @@ _mon: Any = getattr(sys, "monitoring", None)
 _perf_ns = time.perf_counter_ns
 _getframe = sys._getframe
 
-# Code flags of functions whose calls outlive one frame activation.
-_SUSPENDABLE = 0x0020 | 0x0080 | 0x0200  # CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR
 _FRAME_OF = {
     types.GeneratorType: "gi_frame",
     types.CoroutineType: "cr_frame",
@@ -113,7 +110,7 @@ class _Target:
         self.probe = probe
         self.param = message_param(code, probe)
         self.steps = probe.steps_mode
-        self.suspendable = bool(code.co_flags & _SUSPENDABLE)
+        self.suspendable = bool(code.co_flags & CO_SUSPENDING)
         self.ok_append = probe.ok_append
         self.failed_append = probe.failed_append
         self.recorder = None if self.steps else probe.recorder
@@ -344,7 +341,7 @@ class MonitoringBackend:
             return self._sweep()
 
     def _sweep(self) -> int:
-        suspects = [frame for frame in list(self._running) if frame.f_code.co_flags & _SUSPENDABLE]
+        suspects = [frame for frame in list(self._running) if frame.f_code.co_flags & CO_SUSPENDING]
         owned = set()
         if suspects:
             for ref in gc.get_referrers(*suspects):

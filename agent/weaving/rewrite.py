@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Sequence
 from types import CodeType
 from typing import Callable, Optional
 
 from bytecode import Bytecode, Instr, Label
 
-from agent.events import Probe
+from agent.events import CO_OPTIMIZED, CO_SUSPENDING, Probe, message_param
 from agent.weaving import env, patch, templates
 
 if env.EXCEPTION_TABLE:
@@ -44,12 +43,6 @@ else:  # pragma: no cover - names only used on 3.11+
     TryBegin = TryEnd = ()
 
 log = logging.getLogger(__name__)
-
-CO_OPTIMIZED = 0x0001
-CO_VARARGS = 0x0004
-CO_VARKEYWORDS = 0x0008
-# Generators, coroutines, async generators: their calls interleave on a thread.
-_SUSPENDING = 0x0020 | 0x0080 | 0x0100 | 0x0200
 
 Resolver = Callable[[CodeType, str], Optional[Probe]]
 """Given a function's code object and its ``__qualname__``, the probe to weave in, or None."""
@@ -64,13 +57,6 @@ _BLOCK_SETUPS = ("SETUP_FINALLY", "SETUP_WITH", "SETUP_ASYNC_WITH")
 
 class WeaveError(RuntimeError):
     """A code object could not be woven; the function is left as it was."""
-
-
-def parameters(code: CodeType) -> Sequence[str]:
-    """The parameter names of a function's code object, in order."""
-    count = code.co_argcount + code.co_kwonlyargcount
-    count += bool(code.co_flags & CO_VARARGS) + bool(code.co_flags & CO_VARKEYWORDS)
-    return code.co_varnames[:count]
 
 
 def is_join_point(code: CodeType) -> bool:
@@ -183,23 +169,8 @@ def _body_start(items: list[object]) -> int:
     return 0
 
 
-def message_param(code: CodeType, probe: Probe) -> str | None:
-    """The parameter whose value :meth:`Probe.enter` gets, or None (warned) if it has none."""
-    name = probe.param
-    if name is not None and name not in parameters(code):
-        log.warning(
-            "aspect %s: %s has no parameter %r for message-id %r; its steps get no message id",
-            probe.joinpoint.aspect,
-            probe.joinpoint.name,
-            name,
-            probe.joinpoint.message_id,
-        )
-        return None
-    return name
-
-
 def layout(code: CodeType, probe: Probe) -> Layout:
-    """The :data:`Layout` ``code`` is woven in for ``probe`` (warns as :func:`message_param`)."""
+    """The :data:`Layout` ``code`` is woven in for ``probe`` (warns as ``events.message_param``)."""
     name = message_param(code, probe)
     mode = templates.mode_of(probe)
     return mode, name if mode == "steps" else None
@@ -213,7 +184,7 @@ def weave_code(code: CodeType, probe: Probe, direct: bool = True) -> CodeType:
     through the ``bytecode`` library. Both give the same woven code.
     """
     env.check_supported()
-    kit = templates.Kit(probe, bool(code.co_flags & _SUSPENDING))
+    kit = templates.Kit(probe, bool(code.co_flags & CO_SUSPENDING))
     shape = layout(code, probe)
     if direct and env.EXCEPTION_TABLE:
         try:
