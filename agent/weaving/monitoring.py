@@ -61,12 +61,13 @@ from typing import Any, Callable
 
 from agent import speedups
 from agent.events import CO_SUSPENDING, Probe, message_param
+from agent.weaving import env
 
 log = logging.getLogger(__name__)
 
 TOOL_NAME = "twinweave"
 
-_mon: Any = getattr(sys, "monitoring", None)
+_mon: Any = sys.monitoring if env.HAS_MONITORING else None
 _perf_ns = time.perf_counter_ns
 _getframe = sys._getframe
 
@@ -234,7 +235,7 @@ class MonitoringBackend:
         """
         if self.tool_id is not None:
             return
-        if _mon is None:
+        if not env.HAS_MONITORING:
             raise MonitoringUnavailable(
                 "the monitoring backend needs Python 3.12 or newer (sys.monitoring, PEP 669); "
                 "use --backend bytecode"
