@@ -442,24 +442,28 @@ class MonitoringBackend:
                 failed()
             return None
 
+        def finish(target: _Target, end: int, exc: BaseException | None) -> None:
+            # The end of a call, from on_return (exc None) or on_unwind: frame 2 is the
+            # monitored one. The callers read the clock first, so this call is not timed.
+            frame = getframe(2)
+            token = running.pop(frame, missing)
+            if token is missing:  # started before it was registered
+                return
+            if track_yields and target.suspendable:
+                yielded.pop(frame, None)
+            if not target.steps:
+                target.timed(end - token, exc)
+            elif exc is None:
+                target.probe.leave(token)
+            else:
+                target.probe.fail(token, exc)
+
         def on_return(code: CodeType, offset: int, value: Any) -> Any:
             try:
                 target = targets.get(id(code))
                 if target is None:
                     return disable
-                end = target.clock()
-                frame = getframe(1)
-                token = running.pop(frame, missing)
-                if token is missing:  # started before it was registered
-                    return None
-                if track_yields and target.suspendable:
-                    yielded.pop(frame, None)
-                if target.steps:
-                    target.probe.leave(token)
-                elif target.recorder is None:
-                    target.ok_append(end - token)
-                else:
-                    target.recorder.add(end - token)
+                finish(target, target.clock(), None)
             except Exception:
                 failed()
             return None
@@ -469,19 +473,8 @@ class MonitoringBackend:
             # cannot return DISABLE. Keep the untracked path to one lookup.
             try:
                 target = targets.get(id(code))
-                if target is None:
-                    return
-                end = target.clock()
-                frame = getframe(1)
-                token = running.pop(frame, missing)
-                if token is missing:
-                    return
-                if track_yields and target.suspendable:
-                    yielded.pop(frame, None)
-                if target.steps:
-                    target.probe.fail(token, exc)
-                else:
-                    target.timed(end - token, exc)
+                if target is not None:
+                    finish(target, target.clock(), exc)
             except Exception:
                 failed()
 
