@@ -442,41 +442,40 @@ class MonitoringBackend:
                 failed()
             return None
 
-        def finish(target: _Target, end: int, exc: BaseException | None) -> None:
-            # The end of a call, from on_return (exc None) or on_unwind: frame 2 is the
-            # monitored one. The callers read the clock first, so this call is not timed.
-            frame = getframe(2)
-            token = running.pop(frame, missing)
-            if token is missing:  # started before it was registered
-                return
-            if track_yields and target.suspendable:
-                yielded.pop(frame, None)
-            if not target.steps:
-                target.timed(end - token, exc)
-            elif exc is None:
-                target.probe.leave(token)
-            else:
-                target.probe.fail(token, exc)
+        def ending(unwinding: bool) -> Callable[..., Any]:
+            # PY_RETURN's callback (unwinding False) and PY_UNWIND's: one body. Its
+            # work up to the pop stays inline: at the recursion limit one more
+            # Python frame would raise there and leave the call running forever.
+            def on_end(code: CodeType, offset: int, arg: Any) -> Any:
+                try:
+                    target = targets.get(id(code))
+                    if target is None:
+                        # PY_UNWIND is global and cannot be disabled; keep its
+                        # untracked path (every exception in the process) to one lookup.
+                        return None if unwinding else disable
+                    end = target.clock()
+                    frame = getframe(1)
+                    token = running.pop(frame, missing)
+                    if token is missing:  # started before it was registered
+                        return None
+                    if track_yields and target.suspendable:
+                        yielded.pop(frame, None)
+                    if target.steps:
+                        if unwinding:
+                            target.probe.fail(token, arg)
+                        else:
+                            target.probe.leave(token)
+                    elif unwinding:
+                        target.timed(end - token, arg)
+                    elif target.recorder is None:
+                        target.ok_append(end - token)
+                    else:
+                        target.recorder.add(end - token)
+                except Exception:
+                    failed()
+                return None
 
-        def on_return(code: CodeType, offset: int, value: Any) -> Any:
-            try:
-                target = targets.get(id(code))
-                if target is None:
-                    return disable
-                finish(target, target.clock(), None)
-            except Exception:
-                failed()
-            return None
-
-        def on_unwind(code: CodeType, offset: int, exc: BaseException) -> None:
-            # A global event: it runs for every frame an exception leaves, and
-            # cannot return DISABLE. Keep the untracked path to one lookup.
-            try:
-                target = targets.get(id(code))
-                if target is not None:
-                    finish(target, target.clock(), exc)
-            except Exception:
-                failed()
+            return on_end
 
         def on_yield(code: CodeType, offset: int, value: Any) -> Any:
             try:
@@ -494,8 +493,8 @@ class MonitoringBackend:
         events = _mon.events
         callbacks: dict[int, Callable[..., Any]] = {
             events.PY_START: on_start,
-            events.PY_RETURN: on_return,
-            events.PY_UNWIND: on_unwind,
+            events.PY_RETURN: ending(unwinding=False),
+            events.PY_UNWIND: ending(unwinding=True),
         }
         if track_yields:
             callbacks[events.PY_YIELD] = on_yield
