@@ -36,6 +36,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import CodeType
 from typing import Any, Callable, NamedTuple
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,20 @@ class JoinPoint:
 
 
 KINDS = ("function", "generator", "coroutine", "async_generator")
-_CO_GENERATOR = 0x0020
-_CO_COROUTINE = 0x0080
-_CO_ITERABLE_COROUTINE = 0x0100
-_CO_ASYNC_GENERATOR = 0x0200
+# Code flags (CPython's Include/cpython/code.h), read by both weaving backends and
+# by code_kind below: the one place they are spelled out.
+CO_OPTIMIZED = 0x0001
+CO_VARARGS = 0x0004
+CO_VARKEYWORDS = 0x0008
+CO_GENERATOR = 0x0020
+CO_COROUTINE = 0x0080
+CO_ITERABLE_COROUTINE = 0x0100
+CO_ASYNC_GENERATOR = 0x0200
+CO_SUSPENDING = CO_GENERATOR | CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR
+"""Generators, coroutines, async generators: a call outlives one frame activation, its
+suspensions interleave with other code on the thread, and it ends at exhaustion, an
+exception or its close. ``CO_ITERABLE_COROUTINE`` (set by ``types.coroutine``) only
+ever joins ``CO_GENERATOR``; it is listed so that the mask says what it means."""
 
 
 def code_kind(flags: int) -> str:
@@ -78,13 +89,40 @@ def code_kind(flags: int) -> str:
 
     A ``types.coroutine`` generator (``CO_ITERABLE_COROUTINE``) runs as a generator.
     """
-    if flags & _CO_ASYNC_GENERATOR:
+    if flags & CO_ASYNC_GENERATOR:
         return "async_generator"
-    if flags & _CO_COROUTINE:
+    if flags & CO_COROUTINE:
         return "coroutine"
-    if flags & (_CO_GENERATOR | _CO_ITERABLE_COROUTINE):
+    if flags & (CO_GENERATOR | CO_ITERABLE_COROUTINE):
         return "generator"
     return "function"
+
+
+def parameters(code: CodeType) -> Sequence[str]:
+    """The parameter names of a function's code object, in order."""
+    count = code.co_argcount + code.co_kwonlyargcount
+    count += bool(code.co_flags & CO_VARARGS) + bool(code.co_flags & CO_VARKEYWORDS)
+    return code.co_varnames[:count]
+
+
+def message_param(code: CodeType, probe: Probe) -> str | None:
+    """The parameter whose value :meth:`Probe.enter` gets, or None (warned) if it has none.
+
+    Both weaving backends ask this once per woven function: the bytecode one to
+    load that parameter in the woven entry code, the monitoring one to read it
+    from the frame at each start.
+    """
+    name = probe.param
+    if name is not None and name not in parameters(code):
+        log.warning(
+            "aspect %s: %s has no parameter %r for message-id %r; its steps get no message id",
+            probe.joinpoint.aspect,
+            probe.joinpoint.name,
+            name,
+            probe.joinpoint.message_id,
+        )
+        return None
+    return name
 
 
 class StartEvent(NamedTuple):

@@ -21,11 +21,11 @@ from types import CodeType
 from typing import TYPE_CHECKING
 
 from agent import importer, periodic
-from agent.events import Dispatcher, JoinPoint, Probe, code_kind
+from agent.events import Dispatcher, JoinPoint, Probe, code_kind, parameters
 from agent.plugins import AgentContext, PluginSet, build_plugins
 from agent.pointcuts import AgentConfig
 from agent.weaving import codecache, env
-from agent.weaving.rewrite import Apply, is_join_point, parameters, weave_tree
+from agent.weaving.rewrite import Apply, is_join_point, weave_tree
 
 if TYPE_CHECKING:
     from agent.weaving.monitoring import MonitoringBackend

@@ -65,7 +65,7 @@ from types import CodeType
 from typing import Any, Callable, Optional
 
 import agent
-from agent.events import Probe
+from agent.events import CO_SUSPENDING, Probe
 from agent.weaving import rewrite, templates
 
 log = logging.getLogger(__name__)
@@ -451,7 +451,7 @@ def _rebuild(
     name, shape, slots = row
     if probe is None or probe.joinpoint.name != name or rewrite.layout(code, probe) != shape:
         return None
-    generator = bool(code.co_flags & rewrite._SUSPENDING)
+    generator = bool(code.co_flags & CO_SUSPENDING)
     kit = kits.get((id(probe), generator))
     if kit is None or kit[0] is not probe:
         kit = kits[id(probe), generator] = (probe, templates.Kit(probe, generator).values)

@@ -57,8 +57,13 @@ NO_LOCATION = PY >= (3, 10)
 # so that their catch-all handler records the end of the call.
 YIELD_VALUE_DEPTH = PY == (3, 12)
 RESUME_DEPTH1_MASK = 4 if PY >= (3, 13) else 0
-# sys.monitoring (PEP 669) exists from 3.12.
-HAS_MONITORING = PY >= (3, 12)
+# sys.monitoring (PEP 669) exists from 3.12. Asked of sys itself, the one check
+# both the agent's backend choice and the monitoring backend rely on.
+HAS_MONITORING = hasattr(sys, "monitoring")
+# 3.11 folded the binary operators into BINARY_OP (bpo-45636), whose argument
+# names the operator: NB_SUBTRACT ("-") is 10 in CPython's Include/opcode.h.
+HAS_BINARY_OP = PY >= (3, 11)
+NB_SUBTRACT = 10
 # 3.10's ROT_N reaches the token under a block handler's six values, and its
 # RERAISE 1 restores the frame's line to where the exception came from; 3.9 has
 # neither, so there the handler drops the exception values and re-raises bare.

@@ -60,19 +60,17 @@ from types import CodeType, FrameType
 from typing import Any, Callable
 
 from agent import speedups
-from agent.events import Probe
-from agent.weaving.rewrite import message_param
+from agent.events import CO_SUSPENDING, Probe, message_param
+from agent.weaving import env
 
 log = logging.getLogger(__name__)
 
 TOOL_NAME = "twinweave"
 
-_mon: Any = getattr(sys, "monitoring", None)
+_mon: Any = sys.monitoring if env.HAS_MONITORING else None
 _perf_ns = time.perf_counter_ns
 _getframe = sys._getframe
 
-# Code flags of functions whose calls outlive one frame activation.
-_SUSPENDABLE = 0x0020 | 0x0080 | 0x0200  # CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR
 _FRAME_OF = {
     types.GeneratorType: "gi_frame",
     types.CoroutineType: "cr_frame",
@@ -113,7 +111,7 @@ class _Target:
         self.probe = probe
         self.param = message_param(code, probe)
         self.steps = probe.steps_mode
-        self.suspendable = bool(code.co_flags & _SUSPENDABLE)
+        self.suspendable = bool(code.co_flags & CO_SUSPENDING)
         self.ok_append = probe.ok_append
         self.failed_append = probe.failed_append
         self.recorder = None if self.steps else probe.recorder
@@ -237,7 +235,7 @@ class MonitoringBackend:
         """
         if self.tool_id is not None:
             return
-        if _mon is None:
+        if not env.HAS_MONITORING:
             raise MonitoringUnavailable(
                 "the monitoring backend needs Python 3.12 or newer (sys.monitoring, PEP 669); "
                 "use --backend bytecode"
@@ -344,7 +342,7 @@ class MonitoringBackend:
             return self._sweep()
 
     def _sweep(self) -> int:
-        suspects = [frame for frame in list(self._running) if frame.f_code.co_flags & _SUSPENDABLE]
+        suspects = [frame for frame in list(self._running) if frame.f_code.co_flags & CO_SUSPENDING]
         owned = set()
         if suspects:
             for ref in gc.get_referrers(*suspects):
@@ -444,48 +442,40 @@ class MonitoringBackend:
                 failed()
             return None
 
-        def on_return(code: CodeType, offset: int, value: Any) -> Any:
-            try:
-                target = targets.get(id(code))
-                if target is None:
-                    return disable
-                end = target.clock()
-                frame = getframe(1)
-                token = running.pop(frame, missing)
-                if token is missing:  # started before it was registered
-                    return None
-                if track_yields and target.suspendable:
-                    yielded.pop(frame, None)
-                if target.steps:
-                    target.probe.leave(token)
-                elif target.recorder is None:
-                    target.ok_append(end - token)
-                else:
-                    target.recorder.add(end - token)
-            except Exception:
-                failed()
-            return None
+        def ending(unwinding: bool) -> Callable[..., Any]:
+            # PY_RETURN's callback (unwinding False) and PY_UNWIND's: one body. Its
+            # work up to the pop stays inline: at the recursion limit one more
+            # Python frame would raise there and leave the call running forever.
+            def on_end(code: CodeType, offset: int, arg: Any) -> Any:
+                try:
+                    target = targets.get(id(code))
+                    if target is None:
+                        # PY_UNWIND is global and cannot be disabled; keep its
+                        # untracked path (every exception in the process) to one lookup.
+                        return None if unwinding else disable
+                    end = target.clock()
+                    frame = getframe(1)
+                    token = running.pop(frame, missing)
+                    if token is missing:  # started before it was registered
+                        return None
+                    if track_yields and target.suspendable:
+                        yielded.pop(frame, None)
+                    if target.steps:
+                        if unwinding:
+                            target.probe.fail(token, arg)
+                        else:
+                            target.probe.leave(token)
+                    elif unwinding:
+                        target.timed(end - token, arg)
+                    elif target.recorder is None:
+                        target.ok_append(end - token)
+                    else:
+                        target.recorder.add(end - token)
+                except Exception:
+                    failed()
+                return None
 
-        def on_unwind(code: CodeType, offset: int, exc: BaseException) -> None:
-            # A global event: it runs for every frame an exception leaves, and
-            # cannot return DISABLE. Keep the untracked path to one lookup.
-            try:
-                target = targets.get(id(code))
-                if target is None:
-                    return
-                end = target.clock()
-                frame = getframe(1)
-                token = running.pop(frame, missing)
-                if token is missing:
-                    return
-                if track_yields and target.suspendable:
-                    yielded.pop(frame, None)
-                if target.steps:
-                    target.probe.fail(token, exc)
-                else:
-                    target.timed(end - token, exc)
-            except Exception:
-                failed()
+            return on_end
 
         def on_yield(code: CodeType, offset: int, value: Any) -> Any:
             try:
@@ -503,8 +493,8 @@ class MonitoringBackend:
         events = _mon.events
         callbacks: dict[int, Callable[..., Any]] = {
             events.PY_START: on_start,
-            events.PY_RETURN: on_return,
-            events.PY_UNWIND: on_unwind,
+            events.PY_RETURN: ending(unwinding=False),
+            events.PY_UNWIND: ending(unwinding=True),
         }
         if track_yields:
             callbacks[events.PY_YIELD] = on_yield

@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Sequence
 from types import CodeType
 from typing import Callable, Optional
 
 from bytecode import Bytecode, Instr, Label
 
-from agent.events import Probe
+from agent.events import CO_OPTIMIZED, CO_SUSPENDING, Probe, message_param
 from agent.weaving import env, patch, templates
 
 if env.EXCEPTION_TABLE:
@@ -44,12 +43,6 @@ else:  # pragma: no cover - names only used on 3.11+
     TryBegin = TryEnd = ()
 
 log = logging.getLogger(__name__)
-
-CO_OPTIMIZED = 0x0001
-CO_VARARGS = 0x0004
-CO_VARKEYWORDS = 0x0008
-# Generators, coroutines, async generators: their calls interleave on a thread.
-_SUSPENDING = 0x0020 | 0x0080 | 0x0100 | 0x0200
 
 Resolver = Callable[[CodeType, str], Optional[Probe]]
 """Given a function's code object and its ``__qualname__``, the probe to weave in, or None."""
@@ -60,17 +53,11 @@ Layout = tuple[str, Optional[str]]
 (``templates.MODES``) and the parameter passed to :meth:`Probe.enter` (or None)."""
 
 _BLOCK_SETUPS = ("SETUP_FINALLY", "SETUP_WITH", "SETUP_ASYNC_WITH")
+_RETURNS = ("RETURN_VALUE", "RETURN_CONST")
 
 
 class WeaveError(RuntimeError):
     """A code object could not be woven; the function is left as it was."""
-
-
-def parameters(code: CodeType) -> Sequence[str]:
-    """The parameter names of a function's code object, in order."""
-    count = code.co_argcount + code.co_kwonlyargcount
-    count += bool(code.co_flags & CO_VARARGS) + bool(code.co_flags & CO_VARKEYWORDS)
-    return code.co_varnames[:count]
 
 
 def is_join_point(code: CodeType) -> bool:
@@ -183,23 +170,8 @@ def _body_start(items: list[object]) -> int:
     return 0
 
 
-def message_param(code: CodeType, probe: Probe) -> str | None:
-    """The parameter whose value :meth:`Probe.enter` gets, or None (warned) if it has none."""
-    name = probe.param
-    if name is not None and name not in parameters(code):
-        log.warning(
-            "aspect %s: %s has no parameter %r for message-id %r; its steps get no message id",
-            probe.joinpoint.aspect,
-            probe.joinpoint.name,
-            name,
-            probe.joinpoint.message_id,
-        )
-        return None
-    return name
-
-
 def layout(code: CodeType, probe: Probe) -> Layout:
-    """The :data:`Layout` ``code`` is woven in for ``probe`` (warns as :func:`message_param`)."""
+    """The :data:`Layout` ``code`` is woven in for ``probe`` (warns as ``events.message_param``)."""
     name = message_param(code, probe)
     mode = templates.mode_of(probe)
     return mode, name if mode == "steps" else None
@@ -213,7 +185,7 @@ def weave_code(code: CodeType, probe: Probe, direct: bool = True) -> CodeType:
     through the ``bytecode`` library. Both give the same woven code.
     """
     env.check_supported()
-    kit = templates.Kit(probe, bool(code.co_flags & _SUSPENDING))
+    kit = templates.Kit(probe, bool(code.co_flags & CO_SUSPENDING))
     shape = layout(code, probe)
     if direct and env.EXCEPTION_TABLE:
         try:
@@ -229,7 +201,34 @@ def weave_code(code: CodeType, probe: Probe, direct: bool = True) -> CodeType:
 
 
 def _weave_with_library(code: CodeType, kit: templates.Kit, param: str | None) -> CodeType:
-    """:func:`weave_code` through the ``bytecode`` library: decode, insert, assemble."""
+    """:func:`weave_code` through the ``bytecode`` library: decode, insert, assemble.
+
+    The steps, each a function below: find where the body starts
+    (:func:`_body_start`), put the entry before it (:func:`_prologue`), raise the
+    compiler's handler depths and clear its depth-1 marks (3.11+, 3.12/3.13), cover
+    the rest of the body with the catch-all handler's ranges (3.11+), put the exit
+    before each return (:func:`_with_return_epilogues`), append the handler.
+    """
+    bc = _decode(code)
+    items: list[object] = list(bc)
+    if not env.EXCEPTION_TABLE:
+        setups = sum(1 for i in items if isinstance(i, Instr) and i.name in _BLOCK_SETUPS)
+        if setups + 1 > env.MAX_BLOCKS:
+            raise WeaveError("too many nested blocks for one more")
+    start = _body_start(items)
+    handler = Label()
+    body = items[start:]
+    prologue = _prologue(code, kit, param, body, handler)
+    if env.EXCEPTION_TABLE:
+        _deepen_handlers(body)
+        body = [_unmark_depth1(item) for item in body]
+        body = _split_ranges(body, _covered(items[:start]), handler)
+    body = _with_return_epilogues(body, kit)
+    return _assemble(code, bc, items[:start] + prologue + body + [handler] + templates.handler(kit))
+
+
+def _decode(code: CodeType) -> Bytecode:
+    """The library's form of ``code``, with its locals numbered as the compiler did."""
     try:
         if env.EXCEPTION_TABLE:
             # Keep the compiler's handler depths (by default the library zeroes them).
@@ -241,72 +240,109 @@ def _weave_with_library(code: CodeType, kit: templates.Kit, param: str | None) -
     # The library numbers locals by first use after the arguments; seed it with every
     # local in the compiler's order so co_varnames (and frame.f_locals) stay as they were.
     bc.argnames = list(code.co_varnames)
-    items: list[object] = list(bc)
-    if not env.EXCEPTION_TABLE:
-        setups = sum(1 for i in items if isinstance(i, Instr) and i.name in _BLOCK_SETUPS)
-        if setups + 1 > env.MAX_BLOCKS:
-            raise WeaveError("too many nested blocks for one more")
-    start = _body_start(items)
-    handler = Label()
-    out: list[object] = items[:start]
+    return bc
+
+
+def _prologue(
+    code: CodeType, kit: templates.Kit, param: str | None, body: list[object], handler: Label
+) -> list[Instr]:
+    """The entry code: push the token; 3.9/3.10 also open the block that goes to ``handler``."""
     prologue = templates.entry(kit, templates.load_param(param, param in code.co_cellvars))
     if not env.EXCEPTION_TABLE:
         prologue += templates.open_block(handler)
-    if not env.EXCEPTION_TABLE:
-        # 3.9/3.10: part of the first line, so it starts no line of its own, and a
+        # Part of the first line, so it starts no line of its own, and a
         # RecursionError from the entry call (C calls count there) names that line.
-        first = next((i for i in items[start:] if isinstance(i, Instr)), None)
+        first = next((i for i in body if isinstance(i, Instr)), None)
         if first is not None:
             templates.located(prologue, first)
-    out += prologue
-    # Inside one of the function's own exception-table ranges? (3.12 wraps a
-    # generator's whole body, from before RESUME, in one: PEP 479's StopIteration check.)
-    covered = False
-    for item in items[:start]:
-        if env.EXCEPTION_TABLE and isinstance(item, (TryBegin, TryEnd)):
-            covered = isinstance(item, TryBegin)
-    ours = None  # our open catch-all range, 3.11+
-    deepened: set[int] = set()
+    return prologue
 
-    def close() -> None:
-        nonlocal ours
-        if ours is not None:
+
+def _covered(items: list[object]) -> bool:
+    """Whether the end of ``items`` lies inside one of the function's own ranges (3.11+).
+
+    3.12 wraps a generator's whole body, from before RESUME, in one: PEP 479's
+    StopIteration check.
+    """
+    covered = False
+    for item in items:
+        if isinstance(item, (TryBegin, TryEnd)):
+            covered = isinstance(item, TryBegin)
+    return covered
+
+
+def _deepen_handlers(body: list[object]) -> None:
+    """Make each of the compiler's handlers in ``body`` unwind to one item more (3.11+).
+
+    The token sits under everything the body does. A range the library split
+    appears more than once, and is deepened once.
+    """
+    deepened: set[int] = set()
+    for item in body:
+        if isinstance(item, TryBegin) and id(item) not in deepened:
+            item.stack_depth += 1
+            deepened.add(id(item))
+
+
+def _unmark_depth1(item: object) -> object:
+    """``item`` without the compiler's mark of a yield at handler depth 1 (3.12, 3.13).
+
+    With the token under it the yield is deeper, and a generator closed there
+    must get its ``GeneratorExit`` thrown in (see ``env.YIELD_VALUE_DEPTH``).
+    """
+    if not isinstance(item, Instr):
+        return item
+    if item.name == "YIELD_VALUE" and env.YIELD_VALUE_DEPTH and item.arg == 1:
+        return Instr("YIELD_VALUE", 2, location=item.location)
+    if item.name == "RESUME" and item.arg & env.RESUME_DEPTH1_MASK:
+        return Instr("RESUME", item.arg & ~env.RESUME_DEPTH1_MASK, location=item.location)
+    return item
+
+
+def _split_ranges(body: list[object], covered: bool, handler: Label) -> list[object]:
+    """``body`` with the catch-all handler's ranges over what no range of its own covers (3.11+).
+
+    ``covered`` says whether ``body`` starts inside one of the function's ranges.
+    A range of ours ends where one of the function's begins or ends, and before
+    each return (whose epilogue, already past the token, must not fail into the
+    handler); the next instruction outside the function's ranges opens another.
+    """
+    out: list[object] = []
+    ours = None
+    for item in body:
+        boundary = isinstance(item, (TryBegin, TryEnd))
+        returns = isinstance(item, Instr) and item.name in _RETURNS
+        if ours is not None and (boundary or returns):
             out.append(TryEnd(ours))
             ours = None
-
-    for item in items[start:]:
-        if env.EXCEPTION_TABLE and isinstance(item, (TryBegin, TryEnd)):
-            close()
+        if boundary:
             covered = isinstance(item, TryBegin)
-            if covered and id(item) not in deepened:
-                # The token sits under everything the body does, so every handler
-                # unwinds to one item more than the compiler said.
-                item.stack_depth += 1
-                deepened.add(id(item))
-            out.append(item)
-            continue
-        if isinstance(item, Instr):
-            if item.name in ("RETURN_VALUE", "RETURN_CONST"):
-                close()
-                if item.name == "RETURN_CONST":
-                    out.append(Instr("LOAD_CONST", item.arg, location=item.location))
-                    item = Instr("RETURN_VALUE", location=item.location)
-                out += templates.located(templates.before_return(kit), item)
-                out.append(item)
-                continue
-            if item.name == "YIELD_VALUE" and env.YIELD_VALUE_DEPTH and item.arg == 1:
-                item = Instr("YIELD_VALUE", 2, location=item.location)
-            elif item.name == "RESUME" and item.arg & env.RESUME_DEPTH1_MASK:
-                item = Instr("RESUME", item.arg & ~env.RESUME_DEPTH1_MASK, location=item.location)
-            if env.EXCEPTION_TABLE and not covered and ours is None:
-                ours = TryBegin(handler, push_lasti=True, stack_depth=1)
-                out.append(ours)
+        elif isinstance(item, Instr) and not returns and not covered and ours is None:
+            ours = TryBegin(handler, push_lasti=True, stack_depth=1)
+            out.append(ours)
         out.append(item)
-    close()
-    out.append(handler)
-    out += templates.handler(kit)
+    if ours is not None:
+        out.append(TryEnd(ours))
+    return out
+
+
+def _with_return_epilogues(body: list[object], kit: templates.Kit) -> list[object]:
+    """``body`` with a normal exit recorded before each return (``RETURN_CONST`` split in two)."""
+    out: list[object] = []
+    for item in body:
+        if isinstance(item, Instr) and item.name in _RETURNS:
+            if item.name == "RETURN_CONST":
+                out.append(Instr("LOAD_CONST", item.arg, location=item.location))
+                item = Instr("RETURN_VALUE", location=item.location)
+            out += templates.located(templates.before_return(kit), item)
+        out.append(item)
+    return out
+
+
+def _assemble(code: CodeType, bc: Bytecode, items: list[object]) -> CodeType:
+    """The code object of the woven ``items``, with ``code``'s flags."""
     bc.clear()
-    bc.extend(out)
+    bc.extend(items)
     # The stack size from the original's plus what the templates add (templates.EXTRA_STACK):
     # the library's own stack analysis builds a control-flow graph of the whole function,
     # a quarter of the weaving time.

@@ -52,7 +52,6 @@ else:
     # never starts a line of its own and fires no extra line events.
     NOWHERE = {}
 
-_NB_SUBTRACT = 10  # BINARY_OP's argument for "-" (3.11+)
 Clock = Callable[[], int]
 _clock: Clock = time.perf_counter_ns
 
@@ -95,7 +94,7 @@ def _call(nargs: int) -> list[Instr]:
 
 
 def _subtract() -> Instr:
-    return _i("BINARY_OP", _NB_SUBTRACT) if env.EXCEPTION_TABLE else _i("BINARY_SUBTRACT")
+    return _i("BINARY_OP", env.NB_SUBTRACT) if env.HAS_BINARY_OP else _i("BINARY_SUBTRACT")
 
 
 def load_param(name: str | None, cell: bool) -> list[Instr]:

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import speedups
+from agent import events, speedups
 from agent.events import JoinPoint, Probe
 from agent.weaving import env, rewrite, templates
 
@@ -101,7 +101,7 @@ def shape(code: CodeType) -> list[tuple[Any, ...]]:
 
 def _probes(code: CodeType) -> list[tuple[str, Probe]]:
     name = code.co_qualname
-    params = rewrite.parameters(code)
+    params = events.parameters(code)
     probes = [("python", Probe(JoinPoint("a", "service", name)))]
     if speedups.available():
         probes.append(("c", Probe(JoinPoint("a", "service", name), recorder=speedups.recorder())))
@@ -123,7 +123,7 @@ def _core(name: str) -> Any:
 
 
 def _both(code: CodeType, probe: Probe, core: str = CORES[-1]) -> tuple[Any, Any, CodeType, Any]:
-    kit = templates.Kit(probe, bool(code.co_flags & rewrite._SUSPENDING))
+    kit = templates.Kit(probe, bool(code.co_flags & events.CO_SUSPENDING))
     param = rewrite.layout(code, probe)[1]
     direct, slots = patch.patch_code(code, kit, param, _core(core))
     library = rewrite._weave_with_library(code, kit, param)

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import pytest
 
+from agent import events
 from agent.events import JoinPoint, Probe, Step
 from agent.weaving import env
 from agent.weaving.rewrite import is_woven, probe_of, weave_code, weave_tree
@@ -687,3 +688,36 @@ def test_exception_through_with_in_a_closure(restore):
         ok.__code__ = inner.__code__
         assert ok("abc") == 3
         assert len(probe.failed) == 3 and len(probe.ok) == 1
+
+
+def test_types_coroutine_generator_woven_before_its_decorator():
+    # As the importer does: weave the module's code, then run it. types.coroutine
+    # then swaps the woven code for a copy with CO_ITERABLE_COROUTINE set, which
+    # keeps the woven instructions and so still reports as a generator does.
+    source = (
+        "import types\n"
+        "@types.coroutine\n"
+        "def ticks(limit=2):\n"
+        "    for _ in range(limit):\n"
+        "        yield\n"
+        "    return limit\n"
+        "async def awaits_ticks():\n"
+        "    return await ticks()\n"
+    )
+    probes: dict[str, Probe] = {}
+
+    def resolver(code: Any, qualname: str) -> Probe:
+        probes[qualname] = timing_probe(qualname)
+        return probes[qualname]
+
+    namespace: dict = {}
+    exec(weave_tree(compile(source, "<module>", "exec"), "", resolver), namespace)
+    ticks = namespace["ticks"]
+    assert ticks.__code__.co_flags & events.CO_ITERABLE_COROUTINE
+    assert asyncio.run(namespace["awaits_ticks"]()) == 2
+    assert list(ticks(3)) == [None] * 3
+    gen = ticks()
+    next(gen)
+    gen.close()
+    assert (len(probes["ticks"].ok), len(probes["ticks"].failed)) == (3, 0)
+    assert (len(probes["awaits_ticks"].ok), len(probes["awaits_ticks"].failed)) == (1, 0)
