@@ -442,40 +442,48 @@ class MonitoringBackend:
                 failed()
             return None
 
-        def ending(unwinding: bool) -> Callable[..., Any]:
-            # PY_RETURN's callback (unwinding False) and PY_UNWIND's: one body. Its
-            # work up to the pop stays inline: at the recursion limit one more
-            # Python frame would raise there and leave the call running forever.
-            def on_end(code: CodeType, offset: int, arg: Any) -> Any:
-                try:
-                    target = targets.get(id(code))
-                    if target is None:
-                        # PY_UNWIND is global and cannot be disabled; keep its
-                        # untracked path (every exception in the process) to one lookup.
-                        return None if unwinding else disable
-                    end = target.clock()
-                    frame = getframe(1)
-                    token = running.pop(frame, missing)
-                    if token is missing:  # started before it was registered
-                        return None
-                    if track_yields and target.suspendable:
-                        yielded.pop(frame, None)
-                    if target.steps:
-                        if unwinding:
-                            target.probe.fail(token, arg)
-                        else:
-                            target.probe.leave(token)
-                    elif unwinding:
-                        target.timed(end - token, arg)
-                    elif target.recorder is None:
-                        target.ok_append(end - token)
-                    else:
-                        target.recorder.add(end - token)
-                except Exception:
-                    failed()
-                return None
+        def on_return(code: CodeType, offset: int, value: Any) -> Any:
+            try:
+                target = targets.get(id(code))
+                if target is None:
+                    return disable
+                end = target.clock()
+                frame = getframe(1)
+                token = running.pop(frame, missing)
+                if token is missing:  # started before it was registered
+                    return None
+                if track_yields and target.suspendable:
+                    yielded.pop(frame, None)
+                if target.steps:
+                    target.probe.leave(token)
+                elif target.recorder is None:
+                    target.ok_append(end - token)
+                else:
+                    target.recorder.add(end - token)
+            except Exception:
+                failed()
+            return None
 
-            return on_end
+        def on_unwind(code: CodeType, offset: int, exc: BaseException) -> None:
+            # A global event: it runs for every frame an exception leaves, and
+            # cannot return DISABLE. Keep the untracked path to one lookup.
+            try:
+                target = targets.get(id(code))
+                if target is None:
+                    return
+                end = target.clock()
+                frame = getframe(1)
+                token = running.pop(frame, missing)
+                if token is missing:
+                    return
+                if track_yields and target.suspendable:
+                    yielded.pop(frame, None)
+                if target.steps:
+                    target.probe.fail(token, exc)
+                else:
+                    target.timed(end - token, exc)
+            except Exception:
+                failed()
 
         def on_yield(code: CodeType, offset: int, value: Any) -> Any:
             try:
@@ -493,8 +501,8 @@ class MonitoringBackend:
         events = _mon.events
         callbacks: dict[int, Callable[..., Any]] = {
             events.PY_START: on_start,
-            events.PY_RETURN: ending(unwinding=False),
-            events.PY_UNWIND: ending(unwinding=True),
+            events.PY_RETURN: on_return,
+            events.PY_UNWIND: on_unwind,
         }
         if track_yields:
             callbacks[events.PY_YIELD] = on_yield
